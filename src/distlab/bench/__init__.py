@@ -1,0 +1,1 @@
+"""The benchmark runner shared by every ``distlab bench`` workload."""

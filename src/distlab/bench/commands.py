@@ -1,0 +1,240 @@
+"""The ``distlab bench`` command and its workloads (for now ``wal``).
+
+``distlab.cli`` calls ``add_bench_parser(subparsers)`` and then ``args.func(args)``, which returns
+the exit status. A new workload adds a subparser here with ``set_defaults(func=...)``; its run
+function builds the workload's settings, calls ``distlab.bench.runner.run_benchmark`` per run and
+hands the results to ``report``. Import heavy workload modules (anything that loads grpc) inside
+the run function, so that ``distlab --help`` stays fast.
+
+Bad arguments end in argparse's usage message and exit status 2, never in a traceback. A run in
+which not a single operation succeeded exits with status 1, after printing the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from distlab.bench import wal
+from distlab.bench.runner import (
+    CONCURRENCY_MAX,
+    DURATION_S_MAX,
+    WARMUP_S_MAX,
+    BenchResult,
+    format_table,
+    write_json,
+)
+from distlab.common.wal_file import FsyncPolicy
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # a run completed no operation, or the results could not be saved
+EXIT_USAGE = 2  # argparse's own status for bad arguments
+
+RESULTS_DIRECTORY_DEFAULT = Path("bench-results")
+
+
+def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = subparsers.add_parser(
+        "bench",
+        help="measure throughput and latency",
+        description="Benchmarks: each workload runs concurrent workers in a closed loop for a "
+        "warm-up, then a fixed duration, and prints operations/s and latency percentiles "
+        "(p50/p99/p999) as a table, and saves them as JSON.",
+    )
+    workloads = bench.add_subparsers(title="workloads", metavar="WORKLOAD", required=True)
+    _add_wal_parser(workloads)
+
+
+def _add_wal_parser(workloads: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = workloads.add_parser(
+        "wal",
+        help="write-ahead log appends/s and latency, per fsync policy and writers count",
+        description="Append to a fresh write-ahead log (in a temporary directory, removed "
+        "afterwards) from N concurrent writers through the group committer, and report "
+        "acknowledged appends/s and latency for every combination of --writers and --fsync, "
+        "then how many times more appends/s the most writers reach than the fewest. With "
+        "fsync=always that ratio is what group commit buys.",
+    )
+    policies = ",".join(policy.value for policy in FsyncPolicy)
+    parser.add_argument(
+        "--writers",
+        type=_writers_counts,
+        default=wal.WRITERS_DEFAULT,
+        metavar="N[,N...]",
+        help=f"concurrent writers, one run each (1..{CONCURRENCY_MAX}; default: 1,64)",
+    )
+    parser.add_argument(
+        "--fsync",
+        type=_fsync_policies,
+        default=wal.FSYNC_POLICIES_DEFAULT,
+        metavar="POLICY[,POLICY...]",
+        help=f"fsync policies to run, from {policies} (default: always)",
+    )
+    parser.add_argument(
+        "--payload-bytes",
+        type=_bounded_int(1, wal.PAYLOAD_BYTES_MAX),
+        default=wal.PAYLOAD_BYTES_DEFAULT,
+        metavar="BYTES",
+        help=f"bytes per record (1..{wal.PAYLOAD_BYTES_MAX}; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=_seconds(0.0, DURATION_S_MAX, zero_allowed=False),
+        default=wal.DURATION_S_DEFAULT,
+        metavar="SECONDS",
+        help="measured time per run (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=_seconds(0.0, WARMUP_S_MAX, zero_allowed=True),
+        default=wal.WARMUP_S_DEFAULT,
+        metavar="SECONDS",
+        help="unmeasured time before each run (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--dir",
+        type=_existing_directory,
+        default=None,
+        metavar="DIRECTORY",
+        help="where to create the temporary logs; the results are those of its file system "
+        "(default: the system's temporary directory)",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="where to save the results (default: bench-results/wal-<UTC timestamp>.json)",
+    )
+    parser.set_defaults(func=_run_wal)
+
+
+def _run_wal(args: argparse.Namespace) -> int:
+    try:
+        settings = wal.WalBenchSettings(
+            writers_counts=args.writers,
+            fsync_policies=args.fsync,
+            payload_bytes=args.payload_bytes,
+            duration_s=args.duration,
+            warmup_s=args.warmup,
+            directory=args.dir,
+        )
+    except ValueError as error:
+        return _fail(f"bench wal: {error}", EXIT_USAGE)
+    started_at = datetime.now(UTC)
+    try:
+        results = asyncio.run(wal.run_wal_benchmarks(settings, progress=sys.stderr))
+    except OSError as error:
+        return _fail(f"bench wal: cannot run the write-ahead log: {error}")
+    return report(
+        results,
+        benchmark=wal.BENCHMARK_NAME,
+        json_path=args.json,
+        started_at=started_at,
+        summary=wal.group_commit_lines(results),
+    )
+
+
+def report(
+    results: Sequence[BenchResult],
+    *,
+    benchmark: str,
+    json_path: Path | None,
+    started_at: datetime,
+    summary: Sequence[str] = (),
+) -> int:
+    """Print the table and the summary lines, save the JSON, and choose the exit status."""
+    print(format_table(results))
+    for line in summary:
+        print(line)
+    if json_path is None:
+        timestamp = started_at.strftime("%Y%m%dT%H%M%SZ")
+        json_path = RESULTS_DIRECTORY_DEFAULT / f"{benchmark}-{timestamp}.json"
+    try:
+        write_json(results, json_path, benchmark=benchmark, started_at=started_at)
+    except OSError as error:
+        return _fail(f"cannot save the results to {json_path}: {error}")
+    print(f"results saved to {json_path}")
+    if any(result.operations == 0 for result in results):
+        return _fail("at least one run completed no operation (see the notes above)")
+    return EXIT_OK
+
+
+def _fail(message: str, status: int = EXIT_FAILED) -> int:
+    print(f"distlab: error: {message}", file=sys.stderr)
+    return status
+
+
+def _comma_separated(text: str) -> list[str]:
+    words = [word.strip() for word in text.split(",")]
+    if not all(words):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return words
+
+
+def _writers_counts(text: str) -> tuple[int, ...]:
+    counts = []
+    for word in _comma_separated(text):
+        try:
+            count = int(word)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {word!r}") from None
+        if not 1 <= count <= CONCURRENCY_MAX:
+            raise argparse.ArgumentTypeError(f"must be in [1, {CONCURRENCY_MAX}], got {count}")
+        counts.append(count)
+    if len(counts) > wal.RUNS_MAX:
+        raise argparse.ArgumentTypeError(f"at most {wal.RUNS_MAX} writers counts")
+    return tuple(dict.fromkeys(counts))  # duplicates would only repeat a run
+
+
+def _fsync_policies(text: str) -> tuple[FsyncPolicy, ...]:
+    policies = []
+    for word in _comma_separated(text):
+        try:
+            policies.append(FsyncPolicy(word))
+        except ValueError:
+            choices = ", ".join(policy.value for policy in FsyncPolicy)
+            raise argparse.ArgumentTypeError(
+                f"unknown fsync policy {word!r} (choose from {choices})"
+            ) from None
+    return tuple(dict.fromkeys(policies))
+
+
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {value}")
+        return value
+
+    return parse
+
+
+def _seconds(low: float, high: float, *, zero_allowed: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        # Written so that NaN fails every comparison and is rejected.
+        above_low = low <= value if zero_allowed else low < value
+        if not (above_low and value <= high):
+            bracket = "[" if zero_allowed else "("
+            raise argparse.ArgumentTypeError(f"must be in {bracket}{low}, {high}], got {text}")
+        return value
+
+    return parse
+
+
+def _existing_directory(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"not an existing directory: {text}")
+    return path

@@ -1,0 +1,1 @@
+"""Chaos harness (cluster control, nemeses, histories, checkers, reports). Not built yet."""
