@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc.aio
 
@@ -40,7 +39,6 @@ class KeyValueServicer(kvstore_pb2_grpc.KeyValueServicer):
         self.engine = engine
         self.limits = limits
         self.stop = stop
-        self._writes_in_flight: set[asyncio.Future[int]] = set()
 
     @abort_on_error
     async def Put(
@@ -75,15 +73,12 @@ class KeyValueServicer(kvstore_pb2_grpc.KeyValueServicer):
         sequence = await self._write(self.engine.delete(request.key))
         return codec.delete_response(sequence)
 
-    async def _write(self, write: Coroutine[Any, Any, int]) -> int:
-        # Shielded: once a record is in the WAL it must also reach the memtable, even when the
-        # caller's deadline cancels this handler. The caller then gets DEADLINE_EXCEEDED, an
-        # indefinite error, which is the truth: the write may well have happened.
-        task = asyncio.ensure_future(write)
-        self._writes_in_flight.add(task)
-        task.add_done_callback(self._writes_in_flight.discard)
+    async def _write(self, write: Awaitable[int]) -> int:
+        # The engine shields the write itself: once a record may be in the WAL it reaches the
+        # memtable even if this handler is cancelled by the caller's deadline, and the caller
+        # gets DEADLINE_EXCEEDED, an indefinite error, which is the truth.
         try:
-            return await asyncio.shield(task)
+            return await write
         except TooManyPendingAppendsError as error:
             raise DistlabError(errors.RESOURCE_EXHAUSTED, str(error)) from error
         except StorageClosedError as error:
