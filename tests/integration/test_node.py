@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Callable
 
 import grpc
 import grpc.aio
@@ -20,30 +19,33 @@ from distlab.common import errors
 from distlab.common.errors import DistlabError
 from distlab.kvstore.client import KeyValueClient
 
-from .conftest import NodeProcess
+from .conftest import StartNode, single_node_arguments
 
-StartNode = Callable[..., NodeProcess]
+SINGLE = single_node_arguments()
 
 
 @pytest.mark.asyncio
 async def test_put_get_delete_round_trip(start_node: StartNode) -> None:
-    node = start_node()
+    node = start_node("node1", *SINGLE)
     async with KeyValueClient(node.address) as client:
         first = await client.put(b"greeting", b"hello")
-        second = await client.put(b"greeting", b"hello again")
-        assert second > first, "WAL sequences grow with every write"
-        assert await client.get(b"greeting") == [b"hello again"]
-        await client.delete(b"greeting")
+        # Written with the first write's context: it supersedes it, no sibling.
+        await client.put(b"greeting", b"hello again", context=first.context)
+        assert (await client.get(b"greeting")).values == (b"hello again",)
+        blind = await client.delete(b"other-key-never-read")
+        assert blind.context, "even a blind delete returns the tombstone's context"
+        read = await client.get(b"greeting")
+        await client.delete(b"greeting", context=read.context)
         with pytest.raises(DistlabError) as missing:
             await client.get(b"greeting")
         assert missing.value.kind is errors.NOT_FOUND
         assert missing.value.definite
-        await client.delete(b"never-written")  # deletes are idempotent
+        await client.delete(b"never-written")  # deleting a missing key is fine
 
 
 @pytest.mark.asyncio
 async def test_bad_input_is_refused_with_the_field_and_why(start_node: StartNode) -> None:
-    node = start_node("node1", "--key-bytes-max", "16", "--value-bytes-max", "100")
+    node = start_node("node1", *SINGLE, "--key-bytes-max", "16", "--value-bytes-max", "100")
     async with KeyValueClient(node.address) as client:
         cases = [
             (b"", b"v", "key", "must not be empty"),
@@ -68,7 +70,7 @@ async def test_bad_input_is_refused_with_the_field_and_why(start_node: StartNode
 
 @pytest.mark.asyncio
 async def test_oversize_message_is_refused_by_grpc_before_decoding(start_node: StartNode) -> None:
-    node = start_node("node1", "--value-bytes-max", "1000")
+    node = start_node("node1", *SINGLE, "--value-bytes-max", "1000")
     # The client's own cap is larger than the node's, so the node's cap is what refuses it.
     channel = grpc.aio.insecure_channel(
         node.address, options=[("grpc.max_send_message_length", 8 * 1024 * 1024)]
@@ -88,10 +90,10 @@ async def test_oversize_message_is_refused_by_grpc_before_decoding(start_node: S
 
 @pytest.mark.asyncio
 async def test_health_and_reflection_are_served(start_node: StartNode) -> None:
-    node = start_node()
+    node = start_node("node1", *SINGLE)
     async with grpc.aio.insecure_channel(node.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        for service in ("", "distlab.v1.KeyValue"):
+        for service in ("", "distlab.v1.KeyValue", "distlab.v1.Replica"):
             reply = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
@@ -101,12 +103,12 @@ async def test_health_and_reflection_are_served(start_node: StartNode) -> None:
         names = set()
         async for reply in replies:
             names |= {service.name for service in reply.list_services_response.service}
-        assert {"distlab.v1.KeyValue", "grpc.health.v1.Health"} <= names
+        assert {"distlab.v1.KeyValue", "distlab.v1.Replica", "grpc.health.v1.Health"} <= names
 
 
 @pytest.mark.asyncio
 async def test_sigterm_shuts_down_gracefully_and_data_survives(start_node: StartNode) -> None:
-    node = start_node()
+    node = start_node("node1", *SINGLE)
     async with KeyValueClient(node.address) as client:
         await client.put(b"kept", b"across a graceful restart")
     assert node.terminate() == 0, node.log()
@@ -114,13 +116,13 @@ async def test_sigterm_shuts_down_gracefully_and_data_survives(start_node: Start
     assert '"event": "stopped"' in node.log()
     node.start()
     async with KeyValueClient(node.address) as client:
-        assert await client.get(b"kept") == [b"across a graceful restart"]
+        assert (await client.get(b"kept")).values == (b"across a graceful restart",)
 
 
 @pytest.mark.asyncio
 async def test_acknowledged_writes_survive_kill_9(start_node: StartNode) -> None:
     """Every put acknowledged before kill -9 is readable after restart (fsync always)."""
-    node = start_node()
+    node = start_node("node1", *SINGLE)
     acknowledged: dict[bytes, bytes] = {}
 
     async def writer(worker: int, client: KeyValueClient) -> None:
@@ -135,7 +137,7 @@ async def test_acknowledged_writes_survive_kill_9(start_node: StartNode) -> None
     node.start()
     async with KeyValueClient(node.address) as client:
         for key, value in acknowledged.items():
-            assert await client.get(key) == [value], key
+            assert (await client.get(key)).values == (value,), key
     assert len(acknowledged) == 800
 
 
@@ -159,10 +161,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_round_trip_and_clear_errors(start_node: StartNode) -> None:
-    node = start_node()
+    node = start_node("node1", *SINGLE)
     put = run_cli("kv", "put", "colour", "blue", "--to", node.address)
     assert put.returncode == 0, put.stderr
-    assert put.stdout.startswith("ok (sequence ")
+    assert put.stdout.startswith("ok (context ")
     got = run_cli("kv", "get", "colour", "--to", node.address)
     assert (got.returncode, got.stdout) == (0, "blue\n")
     assert run_cli("kv", "delete", "colour", "--to", node.address).returncode == 0
@@ -209,7 +211,7 @@ def test_help_everywhere(command: list[str]) -> None:
 
 @pytest.mark.asyncio
 async def test_metrics_count_calls_by_status_and_report_storage(start_node: StartNode) -> None:
-    node = start_node("node1", "--metrics-port", "0")
+    node = start_node("node1", *SINGLE, "--metrics-port", "0")
     serving = next(
         json.loads(line) for line in node.log().splitlines() if '"event": "serving"' in line
     )
@@ -223,3 +225,4 @@ async def test_metrics_count_calls_by_status_and_report_storage(start_node: Star
     assert 'distlab_rpc_total{code="OK",method="Put"} 2.0' in text
     assert 'distlab_rpc_total{code="NOT_FOUND",method="Get"} 1.0' in text
     assert "distlab_kv_live_keys 2.0" in text
+    assert "distlab_kv_pending_hints 0.0" in text

@@ -48,7 +48,7 @@ class ScriptedServicer(kvstore_pb2_grpc.KeyValueServicer):
     async def Delete(
         self, request: kvstore_pb2.DeleteRequest, context: object
     ) -> kvstore_pb2.DeleteResponse:
-        return kvstore_pb2.DeleteResponse(sequence=7)
+        return kvstore_pb2.DeleteResponse(context=b"scripted")
 
 
 async def wait_until_entered(servicer: ScriptedServicer, calls: int) -> None:
@@ -143,4 +143,6 @@ async def test_calls_past_the_concurrency_limit_are_shed(tmp_path: Path) -> None
         assert error_from_rpc(shed.value).definite
         servicer.release.set()
         await asyncio.gather(*hanging)
-        assert (await stub.Delete(kvstore_pb2.DeleteRequest(key=b"k"), timeout=10)).sequence == 7
+        assert (
+            await stub.Delete(kvstore_pb2.DeleteRequest(key=b"k"), timeout=10)
+        ).context == b"scripted"

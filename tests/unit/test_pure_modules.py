@@ -29,6 +29,10 @@ DECLARED_PURE = (
     "distlab.common.limits",
     "distlab.common.wal",
     "distlab.kvstore.memtable",
+    "distlab.kvstore.merkle",
+    "distlab.kvstore.versioning",
+    "distlab.kvstore.membership",
+    "distlab.kvstore.coordinator",
 )
 FORBIDDEN_IMPORTS = frozenset(
     {"asyncio", "grpc", "socket", "os", "io", "time", "threading", "subprocess", "selectors"}

@@ -21,7 +21,7 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert command in script, f".ci/run must contain the README's test command: {command}"
 
 
-def test_readme_run_command_starts_a_node() -> None:
+def test_readme_run_command_starts_the_local_cluster() -> None:
     command = readme_command("run-command")
     assert "pip install" in command
-    assert "distlab node" in command
+    assert command.endswith("distlab up")

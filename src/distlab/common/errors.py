@@ -36,8 +36,31 @@ FAILED_PRECONDITION = ErrorKind(
 UNAVAILABLE = ErrorKind(
     "unavailable", "UNAVAILABLE", True, "the node is not serving (starting or stopping)"
 )
+# What a client concludes when the transport fails with no answer from the server (connection
+# refused or reset mid-call): the request may or may not have arrived.
+UNREACHABLE = ErrorKind(
+    "unreachable", "UNAVAILABLE", False, "the node could not be reached; it may have happened"
+)
 DEADLINE_EXCEEDED = ErrorKind(
     "deadline_exceeded", "DEADLINE_EXCEEDED", False, "the deadline passed; it may have happened"
+)
+# Quorum outcomes of the replicated store (Dynamo 4.5). Knowing before writing anything that too
+# few replicas are alive is definite; failing after the coordinator's own durable write is not:
+# Dynamo has no rollback, so the value may survive there and spread by read repair.
+NOT_ENOUGH_REPLICAS = ErrorKind(
+    "not_enough_replicas",
+    "UNAVAILABLE",
+    True,
+    "fewer live replicas than the quorum needs; nothing was written",
+)
+WRITE_QUORUM_NOT_REACHED = ErrorKind(
+    "write_quorum_not_reached",
+    "UNAVAILABLE",
+    False,
+    "fewer than W replicas acknowledged; the write may survive on those that did",
+)
+READ_QUORUM_NOT_REACHED = ErrorKind(
+    "read_quorum_not_reached", "UNAVAILABLE", True, "fewer than R replicas answered"
 )
 STORAGE_FAILED = ErrorKind(
     "storage_failed",
@@ -52,7 +75,11 @@ ERROR_KINDS: tuple[ErrorKind, ...] = (
     RESOURCE_EXHAUSTED,
     FAILED_PRECONDITION,
     UNAVAILABLE,
+    UNREACHABLE,
     DEADLINE_EXCEEDED,
+    NOT_ENOUGH_REPLICAS,
+    WRITE_QUORUM_NOT_REACHED,
+    READ_QUORUM_NOT_REACHED,
     STORAGE_FAILED,
 )
 KIND_BY_CODE: dict[str, ErrorKind] = {kind.code: kind for kind in ERROR_KINDS}

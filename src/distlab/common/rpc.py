@@ -72,9 +72,8 @@ def error_from_rpc(error: grpc.RpcError) -> DistlabError:
 
 def _kind_for_status(code: grpc.StatusCode) -> ErrorKind:
     if code is grpc.StatusCode.UNAVAILABLE:
-        # The transport failed before the server answered (connection refused, reset): the
-        # request may or may not have reached the server, so it is indefinite.
-        return ErrorKind("unavailable", "UNAVAILABLE", False, "the node could not be reached")
+        # No ErrorDetail: the transport failed, not the server (connection refused, reset).
+        return errors.UNREACHABLE
     for kind in errors.ERROR_KINDS:
         if kind.status == code.name and kind.definite is False:
             return kind

@@ -66,11 +66,13 @@ async def run_server(
     on_stop: Callable[[], Awaitable[None]] | None = None,
     stop: asyncio.Event | None = None,
     metrics: NodeMetrics | None = None,
+    on_serving: Callable[[int], Awaitable[None]] | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT or until ``stop`` is set, then shut down gracefully.
 
     ``register`` adds the node's servicers to the server and returns their full service names
-    (for health and reflection).
+    (for health and reflection). ``on_serving`` runs once the port is bound and serving, with
+    the port, before the port file is written (a node announces its address to its peers then).
     """
     stop = stop or asyncio.Event()
     metrics = metrics or NodeMetrics()
@@ -106,6 +108,8 @@ async def run_server(
     metrics_port = None
     if options.metrics_port is not None:
         metrics_port = metrics.serve(options.host, options.metrics_port)
+    if on_serving is not None:
+        await on_serving(port)
     if options.port_file is not None:
         _write_atomically(options.port_file, f"{port}\n")
     log_event(

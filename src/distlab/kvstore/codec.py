@@ -1,25 +1,32 @@
-"""Conversion between the KeyValue protobuf messages and the store's own values.
+"""Conversion between the kvstore protobuf messages and the cores' own values.
 
-Protobuf types stop here: the storage engine and (later) the quorum coordinator see bytes and
-dataclasses only.
+Protobuf types stop here and in the servicers: the cores see bytes and dataclasses only.
 """
 
 from __future__ import annotations
 
+from distlab.kvstore.membership import MemberState, MemberStatus
 from distlab.proto import kvstore_pb2
 
 
-def put_response(sequence: int) -> kvstore_pb2.PutResponse:
-    return kvstore_pb2.PutResponse(sequence=sequence)
+def member_to_proto(state: MemberState) -> kvstore_pb2.MemberState:
+    return kvstore_pb2.MemberState(
+        node_id=state.node_id,
+        address=state.address,
+        weight=state.weight,
+        status=state.status.name,
+        generation=state.generation,
+        heartbeat=state.heartbeat,
+    )
 
 
-def get_response(values: list[bytes]) -> kvstore_pb2.GetResponse:
-    return kvstore_pb2.GetResponse(siblings=[kvstore_pb2.Sibling(value=value) for value in values])
-
-
-def delete_response(sequence: int) -> kvstore_pb2.DeleteResponse:
-    return kvstore_pb2.DeleteResponse(sequence=sequence)
-
-
-def sibling_values(response: kvstore_pb2.GetResponse) -> list[bytes]:
-    return [sibling.value for sibling in response.siblings]
+def member_from_proto(member: kvstore_pb2.MemberState) -> MemberState:
+    """Raises ValueError (or KeyError for an unknown status) on a malformed member."""
+    return MemberState(
+        node_id=member.node_id,
+        address=member.address,
+        weight=member.weight,
+        status=MemberStatus[member.status],
+        generation=member.generation,
+        heartbeat=member.heartbeat,
+    )

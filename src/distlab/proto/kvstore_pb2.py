@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64istlab/proto/kvstore.proto\x12\ndistlab.v1\"9\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07\x63ontext\x18\x03 \x01(\x0c\"0\n\x0bPutResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\x0c\"\x19\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"\x18\n\x07Sibling\x12\r\n\x05value\x18\x01 \x01(\x0c\"E\n\x0bGetResponse\x12%\n\x08siblings\x18\x01 \x03(\x0b\x32\x13.distlab.v1.Sibling\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\x0c\"-\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\x0c\"\"\n\x0e\x44\x65leteResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x32\xbb\x01\n\x08KeyValue\x12\x36\n\x03Put\x12\x16.distlab.v1.PutRequest\x1a\x17.distlab.v1.PutResponse\x12\x36\n\x03Get\x12\x16.distlab.v1.GetRequest\x1a\x17.distlab.v1.GetResponse\x12?\n\x06\x44\x65lete\x12\x19.distlab.v1.DeleteRequest\x1a\x1a.distlab.v1.DeleteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64istlab/proto/kvstore.proto\x12\ndistlab.v1\"S\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07\x63ontext\x18\x03 \x01(\x0c\x12\t\n\x01w\x18\x04 \x01(\r\x12\r\n\x05trace\x18\x05 \x01(\x08\"2\n\x0bPutResponse\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\x0c\x12\x12\n\ntrace_json\x18\x02 \x01(\t\"3\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\t\n\x01r\x18\x02 \x01(\r\x12\r\n\x05trace\x18\x03 \x01(\x08\"\x18\n\x07Sibling\x12\r\n\x05value\x18\x01 \x01(\x0c\"Y\n\x0bGetResponse\x12%\n\x08siblings\x18\x01 \x03(\x0b\x32\x13.distlab.v1.Sibling\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\x0c\x12\x12\n\ntrace_json\x18\x03 \x01(\t\"G\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\x0c\x12\t\n\x01w\x18\x03 \x01(\r\x12\r\n\x05trace\x18\x04 \x01(\x08\"5\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\x0c\x12\x12\n\ntrace_json\x18\x02 \x01(\t\"\r\n\x0bRingRequest\"l\n\nRingMember\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\r\n\x05\x61live\x18\x04 \x01(\x08\x12\x0e\n\x06vnodes\x18\x05 \x01(\r\x12\r\n\x05share\x18\x06 \x01(\x01\"S\n\x0cRingResponse\x12\'\n\x07members\x18\x01 \x03(\x0b\x32\x16.distlab.v1.RingMember\x12\x1a\n\x12replication_factor\x18\x02 \x01(\r\"\x0e\n\x0cLeaveRequest\")\n\rLeaveResponse\x12\x18\n\x10keys_handed_over\x18\x01 \x01(\x04\"W\n\x11ReplicaPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x10\n\x08siblings\x18\x02 \x01(\x0c\x12\x10\n\x08hint_for\x18\x03 \x01(\t\x12\x11\n\tfrom_node\x18\x04 \x01(\t\"\x14\n\x12ReplicaPutResponse\" \n\x11ReplicaGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"&\n\x12ReplicaGetResponse\x12\x10\n\x08siblings\x18\x01 \x01(\x0c\"v\n\x0bMemberState\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x12\n\ngeneration\x18\x05 \x01(\x04\x12\x11\n\theartbeat\x18\x06 \x01(\x04\"9\n\rGossipRequest\x12(\n\x07members\x18\x01 \x03(\x0b\x32\x17.distlab.v1.MemberState\":\n\x0eGossipResponse\x12(\n\x07members\x18\x01 \x03(\x0b\x32\x17.distlab.v1.MemberState\"7\n\x11MerkleTreeRequest\x12\x13\n\x0bshared_with\x18\x01 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\r\"$\n\x12MerkleTreeResponse\x12\x0e\n\x06levels\x18\x01 \x03(\x0c\"\x98\x01\n\x10\x46\x65tchKeysRequest\x12\x10\n\x08\x66or_node\x18\x01 \x01(\t\x12\x18\n\x10\x66or_node_joining\x18\x02 \x01(\x08\x12\x17\n\x0f\x66or_node_weight\x18\x03 \x01(\x01\x12\r\n\x05\x64\x65pth\x18\x04 \x01(\r\x12\x0e\n\x06leaves\x18\x05 \x03(\r\x12\x11\n\tafter_key\x18\x06 \x01(\x0c\x12\r\n\x05limit\x18\x07 \x01(\r\",\n\x0bKeySiblings\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x10\n\x08siblings\x18\x02 \x01(\x0c\"U\n\x11\x46\x65tchKeysResponse\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.distlab.v1.KeySiblings\x12\x16\n\x0enext_after_key\x18\x02 \x01(\x0c\x32\xb4\x02\n\x08KeyValue\x12\x36\n\x03Put\x12\x16.distlab.v1.PutRequest\x1a\x17.distlab.v1.PutResponse\x12\x36\n\x03Get\x12\x16.distlab.v1.GetRequest\x1a\x17.distlab.v1.GetResponse\x12?\n\x06\x44\x65lete\x12\x19.distlab.v1.DeleteRequest\x1a\x1a.distlab.v1.DeleteResponse\x12\x39\n\x04Ring\x12\x17.distlab.v1.RingRequest\x1a\x18.distlab.v1.RingResponse\x12<\n\x05Leave\x12\x18.distlab.v1.LeaveRequest\x1a\x19.distlab.v1.LeaveResponse2\xfb\x02\n\x07Replica\x12K\n\nReplicaPut\x12\x1d.distlab.v1.ReplicaPutRequest\x1a\x1e.distlab.v1.ReplicaPutResponse\x12K\n\nReplicaGet\x12\x1d.distlab.v1.ReplicaGetRequest\x1a\x1e.distlab.v1.ReplicaGetResponse\x12?\n\x06Gossip\x12\x19.distlab.v1.GossipRequest\x1a\x1a.distlab.v1.GossipResponse\x12K\n\nMerkleTree\x12\x1d.distlab.v1.MerkleTreeRequest\x1a\x1e.distlab.v1.MerkleTreeResponse\x12H\n\tFetchKeys\x12\x1c.distlab.v1.FetchKeysRequest\x1a\x1d.distlab.v1.FetchKeysResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,19 +32,55 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'distlab.proto.kvstore_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PUTREQUEST']._serialized_start=43
-  _globals['_PUTREQUEST']._serialized_end=100
-  _globals['_PUTRESPONSE']._serialized_start=102
-  _globals['_PUTRESPONSE']._serialized_end=150
-  _globals['_GETREQUEST']._serialized_start=152
-  _globals['_GETREQUEST']._serialized_end=177
-  _globals['_SIBLING']._serialized_start=179
-  _globals['_SIBLING']._serialized_end=203
-  _globals['_GETRESPONSE']._serialized_start=205
-  _globals['_GETRESPONSE']._serialized_end=274
-  _globals['_DELETEREQUEST']._serialized_start=276
-  _globals['_DELETEREQUEST']._serialized_end=321
-  _globals['_DELETERESPONSE']._serialized_start=323
-  _globals['_DELETERESPONSE']._serialized_end=357
-  _globals['_KEYVALUE']._serialized_start=360
-  _globals['_KEYVALUE']._serialized_end=547
+  _globals['_PUTREQUEST']._serialized_end=126
+  _globals['_PUTRESPONSE']._serialized_start=128
+  _globals['_PUTRESPONSE']._serialized_end=178
+  _globals['_GETREQUEST']._serialized_start=180
+  _globals['_GETREQUEST']._serialized_end=231
+  _globals['_SIBLING']._serialized_start=233
+  _globals['_SIBLING']._serialized_end=257
+  _globals['_GETRESPONSE']._serialized_start=259
+  _globals['_GETRESPONSE']._serialized_end=348
+  _globals['_DELETEREQUEST']._serialized_start=350
+  _globals['_DELETEREQUEST']._serialized_end=421
+  _globals['_DELETERESPONSE']._serialized_start=423
+  _globals['_DELETERESPONSE']._serialized_end=476
+  _globals['_RINGREQUEST']._serialized_start=478
+  _globals['_RINGREQUEST']._serialized_end=491
+  _globals['_RINGMEMBER']._serialized_start=493
+  _globals['_RINGMEMBER']._serialized_end=601
+  _globals['_RINGRESPONSE']._serialized_start=603
+  _globals['_RINGRESPONSE']._serialized_end=686
+  _globals['_LEAVEREQUEST']._serialized_start=688
+  _globals['_LEAVEREQUEST']._serialized_end=702
+  _globals['_LEAVERESPONSE']._serialized_start=704
+  _globals['_LEAVERESPONSE']._serialized_end=745
+  _globals['_REPLICAPUTREQUEST']._serialized_start=747
+  _globals['_REPLICAPUTREQUEST']._serialized_end=834
+  _globals['_REPLICAPUTRESPONSE']._serialized_start=836
+  _globals['_REPLICAPUTRESPONSE']._serialized_end=856
+  _globals['_REPLICAGETREQUEST']._serialized_start=858
+  _globals['_REPLICAGETREQUEST']._serialized_end=890
+  _globals['_REPLICAGETRESPONSE']._serialized_start=892
+  _globals['_REPLICAGETRESPONSE']._serialized_end=930
+  _globals['_MEMBERSTATE']._serialized_start=932
+  _globals['_MEMBERSTATE']._serialized_end=1050
+  _globals['_GOSSIPREQUEST']._serialized_start=1052
+  _globals['_GOSSIPREQUEST']._serialized_end=1109
+  _globals['_GOSSIPRESPONSE']._serialized_start=1111
+  _globals['_GOSSIPRESPONSE']._serialized_end=1169
+  _globals['_MERKLETREEREQUEST']._serialized_start=1171
+  _globals['_MERKLETREEREQUEST']._serialized_end=1226
+  _globals['_MERKLETREERESPONSE']._serialized_start=1228
+  _globals['_MERKLETREERESPONSE']._serialized_end=1264
+  _globals['_FETCHKEYSREQUEST']._serialized_start=1267
+  _globals['_FETCHKEYSREQUEST']._serialized_end=1419
+  _globals['_KEYSIBLINGS']._serialized_start=1421
+  _globals['_KEYSIBLINGS']._serialized_end=1465
+  _globals['_FETCHKEYSRESPONSE']._serialized_start=1467
+  _globals['_FETCHKEYSRESPONSE']._serialized_end=1552
+  _globals['_KEYVALUE']._serialized_start=1555
+  _globals['_KEYVALUE']._serialized_end=1863
+  _globals['_REPLICA']._serialized_start=1866
+  _globals['_REPLICA']._serialized_end=2245
 # @@protoc_insertion_point(module_scope)

@@ -49,28 +49,54 @@ class KeyValueStub:
                 request_serializer=distlab_dot_proto_dot_kvstore__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=distlab_dot_proto_dot_kvstore__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.Ring = channel.unary_unary(
+                '/distlab.v1.KeyValue/Ring',
+                request_serializer=distlab_dot_proto_dot_kvstore__pb2.RingRequest.SerializeToString,
+                response_deserializer=distlab_dot_proto_dot_kvstore__pb2.RingResponse.FromString,
+                _registered_method=True)
+        self.Leave = channel.unary_unary(
+                '/distlab.v1.KeyValue/Leave',
+                request_serializer=distlab_dot_proto_dot_kvstore__pb2.LeaveRequest.SerializeToString,
+                response_deserializer=distlab_dot_proto_dot_kvstore__pb2.LeaveResponse.FromString,
+                _registered_method=True)
 
 
 class KeyValueServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Put(self, request, context):
-        """Stores value under key. Acknowledged once durable (fsync before reply,
-        unless the node runs with a weaker fsync policy).
+        """Stores value under key. Acknowledged once W replicas have it durably.
+        Pass the context of an earlier Get to supersede the values it returned;
+        without one the write is concurrent with whatever is there (a sibling).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Get(self, request, context):
-        """NOT_FOUND when the key has no live value.
+        """The key's values: one, or several concurrent siblings. NOT_FOUND when no
+        replica that answered holds a live value.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Delete(self, request, context):
-        """Writes a tombstone. Deleting a missing key succeeds (deletes are idempotent).
+        """Writes a tombstone (a delete is a write, with a context like a put).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Ring(self, request, context):
+        """The ring as this node sees it: members, their state and their vnodes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Leave(self, request, context):
+        """Decommission this node: hand its ranges to their new owners, then stop.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -93,6 +119,16 @@ def add_KeyValueServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=distlab_dot_proto_dot_kvstore__pb2.DeleteRequest.FromString,
                     response_serializer=distlab_dot_proto_dot_kvstore__pb2.DeleteResponse.SerializeToString,
+            ),
+            'Ring': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ring,
+                    request_deserializer=distlab_dot_proto_dot_kvstore__pb2.RingRequest.FromString,
+                    response_serializer=distlab_dot_proto_dot_kvstore__pb2.RingResponse.SerializeToString,
+            ),
+            'Leave': grpc.unary_unary_rpc_method_handler(
+                    servicer.Leave,
+                    request_deserializer=distlab_dot_proto_dot_kvstore__pb2.LeaveRequest.FromString,
+                    response_serializer=distlab_dot_proto_dot_kvstore__pb2.LeaveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +212,314 @@ class KeyValue:
             '/distlab.v1.KeyValue/Delete',
             distlab_dot_proto_dot_kvstore__pb2.DeleteRequest.SerializeToString,
             distlab_dot_proto_dot_kvstore__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ring(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distlab.v1.KeyValue/Ring',
+            distlab_dot_proto_dot_kvstore__pb2.RingRequest.SerializeToString,
+            distlab_dot_proto_dot_kvstore__pb2.RingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Leave(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distlab.v1.KeyValue/Leave',
+            distlab_dot_proto_dot_kvstore__pb2.LeaveRequest.SerializeToString,
+            distlab_dot_proto_dot_kvstore__pb2.LeaveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ReplicaStub:
+    """Node-to-node calls. Sibling sets travel encoded by distlab.kvstore.versioning.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ReplicaPut = channel.unary_unary(
+                '/distlab.v1.Replica/ReplicaPut',
+                request_serializer=distlab_dot_proto_dot_kvstore__pb2.ReplicaPutRequest.SerializeToString,
+                response_deserializer=distlab_dot_proto_dot_kvstore__pb2.ReplicaPutResponse.FromString,
+                _registered_method=True)
+        self.ReplicaGet = channel.unary_unary(
+                '/distlab.v1.Replica/ReplicaGet',
+                request_serializer=distlab_dot_proto_dot_kvstore__pb2.ReplicaGetRequest.SerializeToString,
+                response_deserializer=distlab_dot_proto_dot_kvstore__pb2.ReplicaGetResponse.FromString,
+                _registered_method=True)
+        self.Gossip = channel.unary_unary(
+                '/distlab.v1.Replica/Gossip',
+                request_serializer=distlab_dot_proto_dot_kvstore__pb2.GossipRequest.SerializeToString,
+                response_deserializer=distlab_dot_proto_dot_kvstore__pb2.GossipResponse.FromString,
+                _registered_method=True)
+        self.MerkleTree = channel.unary_unary(
+                '/distlab.v1.Replica/MerkleTree',
+                request_serializer=distlab_dot_proto_dot_kvstore__pb2.MerkleTreeRequest.SerializeToString,
+                response_deserializer=distlab_dot_proto_dot_kvstore__pb2.MerkleTreeResponse.FromString,
+                _registered_method=True)
+        self.FetchKeys = channel.unary_unary(
+                '/distlab.v1.Replica/FetchKeys',
+                request_serializer=distlab_dot_proto_dot_kvstore__pb2.FetchKeysRequest.SerializeToString,
+                response_deserializer=distlab_dot_proto_dot_kvstore__pb2.FetchKeysResponse.FromString,
+                _registered_method=True)
+
+
+class ReplicaServicer:
+    """Node-to-node calls. Sibling sets travel encoded by distlab.kvstore.versioning.
+    """
+
+    def ReplicaPut(self, request, context):
+        """Merge these versions into the replica's sibling set for key (durably),
+        or, with hint_for set, keep them as a hint for that node (Dynamo 4.6).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplicaGet(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Gossip(self, request, context):
+        """Push-pull gossip of membership (Dynamo 4.8).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MerkleTree(self, request, context):
+        """Anti-entropy (Dynamo 4.7): the Merkle tree of the keys this node and
+        shared_with both replicate; then the sibling sets in the leaves that differ.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchKeys(self, request, context):
+        """A page of the sibling sets of keys that for_node replicates (anti-entropy
+        leaves, a joining node's bootstrap).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ReplicaServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ReplicaPut': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplicaPut,
+                    request_deserializer=distlab_dot_proto_dot_kvstore__pb2.ReplicaPutRequest.FromString,
+                    response_serializer=distlab_dot_proto_dot_kvstore__pb2.ReplicaPutResponse.SerializeToString,
+            ),
+            'ReplicaGet': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplicaGet,
+                    request_deserializer=distlab_dot_proto_dot_kvstore__pb2.ReplicaGetRequest.FromString,
+                    response_serializer=distlab_dot_proto_dot_kvstore__pb2.ReplicaGetResponse.SerializeToString,
+            ),
+            'Gossip': grpc.unary_unary_rpc_method_handler(
+                    servicer.Gossip,
+                    request_deserializer=distlab_dot_proto_dot_kvstore__pb2.GossipRequest.FromString,
+                    response_serializer=distlab_dot_proto_dot_kvstore__pb2.GossipResponse.SerializeToString,
+            ),
+            'MerkleTree': grpc.unary_unary_rpc_method_handler(
+                    servicer.MerkleTree,
+                    request_deserializer=distlab_dot_proto_dot_kvstore__pb2.MerkleTreeRequest.FromString,
+                    response_serializer=distlab_dot_proto_dot_kvstore__pb2.MerkleTreeResponse.SerializeToString,
+            ),
+            'FetchKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchKeys,
+                    request_deserializer=distlab_dot_proto_dot_kvstore__pb2.FetchKeysRequest.FromString,
+                    response_serializer=distlab_dot_proto_dot_kvstore__pb2.FetchKeysResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'distlab.v1.Replica', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('distlab.v1.Replica', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Replica:
+    """Node-to-node calls. Sibling sets travel encoded by distlab.kvstore.versioning.
+    """
+
+    @staticmethod
+    def ReplicaPut(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distlab.v1.Replica/ReplicaPut',
+            distlab_dot_proto_dot_kvstore__pb2.ReplicaPutRequest.SerializeToString,
+            distlab_dot_proto_dot_kvstore__pb2.ReplicaPutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplicaGet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distlab.v1.Replica/ReplicaGet',
+            distlab_dot_proto_dot_kvstore__pb2.ReplicaGetRequest.SerializeToString,
+            distlab_dot_proto_dot_kvstore__pb2.ReplicaGetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Gossip(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distlab.v1.Replica/Gossip',
+            distlab_dot_proto_dot_kvstore__pb2.GossipRequest.SerializeToString,
+            distlab_dot_proto_dot_kvstore__pb2.GossipResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MerkleTree(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distlab.v1.Replica/MerkleTree',
+            distlab_dot_proto_dot_kvstore__pb2.MerkleTreeRequest.SerializeToString,
+            distlab_dot_proto_dot_kvstore__pb2.MerkleTreeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distlab.v1.Replica/FetchKeys',
+            distlab_dot_proto_dot_kvstore__pb2.FetchKeysRequest.SerializeToString,
+            distlab_dot_proto_dot_kvstore__pb2.FetchKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

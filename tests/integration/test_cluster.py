@@ -1,0 +1,249 @@
+"""A real cluster of ``distlab node`` processes on loopback: the Dynamo guarantees, each shown
+with nodes killed, restarted, joining and leaving (DeCandia et al., SOSP 2007).
+
+Replica contents are read directly (the Replica service's ReplicaGet) to prove convergence,
+not inferred through a quorum read that could hide a stale replica.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+from distlab.common import errors
+from distlab.common.errors import DistlabError
+from distlab.common.hashring import HashRing
+from distlab.common.processes import NodeProcess
+from distlab.kvstore.client import SyncKeyValueClient
+from distlab.kvstore.versioning import Version, decode_siblings
+from distlab.proto import kvstore_pb2, kvstore_pb2_grpc
+
+from .conftest import StartNode, start_cluster, wait_for_view
+
+CONVERGE_DEADLINE_S = 30.0
+N = 3
+
+
+def replica_versions(node: NodeProcess, key: bytes) -> tuple[Version, ...]:
+    """What one replica holds for key, asked directly (no quorum, no repair)."""
+    with grpc.insecure_channel(node.address) as channel:
+        reply = kvstore_pb2_grpc.ReplicaStub(channel).ReplicaGet(
+            kvstore_pb2.ReplicaGetRequest(key=key), timeout=5
+        )
+    return decode_siblings(reply.siblings)
+
+
+def replica_values(node: NodeProcess, key: bytes) -> set[bytes]:
+    return {v.value for v in replica_versions(node, key) if v.value is not None}
+
+
+def ring_of(*names: str) -> HashRing:
+    """The ring the nodes build: tokens derive from node ids, so any process can compute it."""
+    ring = HashRing()
+    for name in names:
+        ring.add_node(name)
+    return ring
+
+
+def wait_until(condition: object, what: str, deadline_s: float = CONVERGE_DEADLINE_S) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not within {deadline_s} s: {what}")
+
+
+def names(nodes: list[NodeProcess]) -> set[str]:
+    return {node.name for node in nodes}
+
+
+def test_quorum_survives_one_dead_node_and_refuses_cleanly_with_two(
+    start_node: StartNode,
+) -> None:
+    """Dynamo 4.5 with strict quorum, N=3 W=2 R=2: one node down is tolerated; with two down a
+    put is refused before anything is written (definite UNAVAILABLE), never falsely acked."""
+    nodes = start_cluster(start_node, 3, "--strict-quorum")
+    first, second, third = nodes
+    with SyncKeyValueClient(first.address) as client:
+        for index in range(10):
+            client.put(f"before-{index}".encode(), b"v")
+    third.kill()
+    wait_for_view([first, second], names(nodes), alive={first.name, second.name})
+    with SyncKeyValueClient(first.address) as client:
+        for index in range(10):
+            client.put(f"during-{index}".encode(), b"one down")
+        for index in range(10):
+            assert client.get(f"before-{index}".encode()).values == (b"v",)
+            assert client.get(f"during-{index}".encode()).values == (b"one down",)
+    second.kill()
+    wait_for_view([first], names(nodes), alive={first.name})
+    with SyncKeyValueClient(first.address) as client:
+        with pytest.raises(DistlabError) as refused:
+            client.put(b"refused", b"never acknowledged")
+        assert refused.value.kind is errors.NOT_ENOUGH_REPLICAS
+        assert refused.value.kind.status == "UNAVAILABLE"
+        assert refused.value.definite
+        with pytest.raises(DistlabError) as unreadable:
+            client.get(b"before-0")
+        assert unreadable.value.kind.status == "UNAVAILABLE"
+    second.start()
+    third.start()
+    wait_for_view(nodes, names(nodes), alive=names(nodes))
+    with SyncKeyValueClient(first.address) as client:
+        with pytest.raises(DistlabError) as missing:
+            client.get(b"refused")
+        assert missing.value.kind is errors.NOT_FOUND, "a definite refusal wrote nothing"
+
+
+def test_a_get_after_an_acknowledged_put_sees_it_through_any_coordinator(
+    start_node: StartNode,
+) -> None:
+    """R + W > N (Vogels 2009): every read quorum overlaps every write quorum."""
+    nodes = start_cluster(start_node, 3)
+    clients = [SyncKeyValueClient(node.address) for node in nodes]
+    try:
+        for index in range(30):
+            key = f"key-{index}".encode()
+            written = clients[index % 3].put(key, f"first-{index}".encode())
+            assert clients[(index + 1) % 3].get(key).values == (f"first-{index}".encode(),)
+            clients[(index + 2) % 3].put(key, f"second-{index}".encode(), context=written.context)
+            read = clients[(index + 1) % 3].get(key)
+            assert read.values == (f"second-{index}".encode(),), "the causally later put wins"
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_concurrent_puts_through_two_coordinators_are_siblings_until_resolved(
+    start_node: StartNode,
+) -> None:
+    """Dynamo 4.4: writes that did not see each other are kept as siblings; a put with the
+    context of a read that returned them all supersedes them (semantic reconciliation)."""
+    nodes = start_cluster(start_node, 3)
+    with (
+        SyncKeyValueClient(nodes[0].address) as first,
+        SyncKeyValueClient(nodes[1].address) as second,
+    ):
+        first.put(b"cart", b"apple")  # blind: neither writer saw the other's value
+        second.put(b"cart", b"pear")
+        read = first.get(b"cart", trace=True)
+        assert set(read.values) == {b"apple", b"pear"}
+        assert read.trace is not None
+        assert len(read.trace["preference_list"]) == N
+        second.put(b"cart", b"apple+pear", context=read.context)
+        assert first.get(b"cart").values == (b"apple+pear",)
+        assert second.get(b"cart").values == (b"apple+pear",)
+
+
+def test_hinted_handoff_delivers_every_hinted_write_when_the_owner_returns(
+    start_node: StartNode,
+) -> None:
+    """Dynamo 4.6: with an owner down, its replica goes to the next node with a hint, and is
+    handed over when the owner is back. Read repair and anti-entropy are off, so only handoff
+    can explain what the owner holds afterwards."""
+    nodes = start_cluster(start_node, 4, "--anti-entropy-interval-ms", "0", "--no-read-repair")
+    owner = nodes[3]
+    ring = ring_of(*names(nodes))
+    keys = [f"hinted-{index}".encode() for index in range(40)]
+    owned = [key for key in keys if owner.name in ring.preference_list(key, N)]
+    assert len(owned) >= 10, "the sample must give the downed node keys to miss"
+    owner.kill()
+    survivors = nodes[:3]
+    wait_for_view(survivors, names(nodes), alive=names(survivors))
+    with SyncKeyValueClient([node.address for node in survivors]) as client:
+        for key in keys:
+            client.put(key, b"written while the owner was down", w=3)  # W=3 needs a fallback
+    owner.start()
+    wait_for_view(nodes, names(nodes), alive=names(nodes))
+    wait_until(
+        lambda: all(
+            replica_values(owner, key) == {b"written while the owner was down"} for key in owned
+        ),
+        "the owner received every hinted write",
+    )
+
+
+def test_read_repair_brings_a_stale_replica_up_to_date(start_node: StartNode) -> None:
+    """Dynamo 5: a get that saw a stale replica sends it the reconciled versions."""
+    nodes = start_cluster(start_node, 3, "--strict-quorum", "--anti-entropy-interval-ms", "0")
+    stale = nodes[2]
+    stale.kill()
+    wait_for_view(nodes[:2], names(nodes), alive=names(nodes[:2]))
+    keys = [f"repaired-{index}".encode() for index in range(20)]
+    with SyncKeyValueClient(nodes[0].address) as client:
+        for key in keys:
+            client.put(key, b"fresh")
+    stale.start()
+    wait_for_view(nodes, names(nodes), alive=names(nodes))
+    assert all(replica_values(stale, key) == set() for key in keys), "stale before the reads"
+    with SyncKeyValueClient(nodes[0].address) as client:
+        for key in keys:
+            assert client.get(key, r=3).values == (b"fresh",)
+    wait_until(
+        lambda: all(replica_values(stale, key) == {b"fresh"} for key in keys),
+        "read repair updated the stale replica",
+    )
+
+
+def test_anti_entropy_alone_converges_a_stale_replica(start_node: StartNode) -> None:
+    """Dynamo 4.7: replicas compare Merkle trees and exchange the keys that differ."""
+    nodes = start_cluster(
+        start_node, 3, "--strict-quorum", "--no-read-repair", "--anti-entropy-interval-ms", "300"
+    )
+    stale = nodes[2]
+    stale.kill()
+    wait_for_view(nodes[:2], names(nodes), alive=names(nodes[:2]))
+    keys = [f"entropy-{index}".encode() for index in range(30)]
+    with SyncKeyValueClient(nodes[0].address) as client:
+        for key in keys:
+            client.put(key, b"converged")
+    stale.start()
+    assert all(replica_values(stale, key) == set() for key in keys), "stale at restart"
+    wait_until(
+        lambda: all(replica_values(stale, key) == {b"converged"} for key in keys),
+        "anti-entropy updated the stale replica",
+    )
+
+
+def test_a_joining_node_receives_exactly_its_ranges(start_node: StartNode) -> None:
+    nodes = start_cluster(start_node, 3, "--anti-entropy-interval-ms", "0")
+    keys = [f"join-{index}".encode() for index in range(60)]
+    with SyncKeyValueClient(nodes[0].address) as client:
+        for key in keys:
+            client.put(key, b"before the join")
+    joiner = start_node(
+        "node4", "--seeds", nodes[0].address, "--join", "--gossip-interval-ms", "100",
+        "--failure-timeout-ms", "1000", "--anti-entropy-interval-ms", "0",
+    )  # fmt: skip
+    everyone = [*nodes, joiner]
+    wait_for_view(everyone, names(everyone), alive=names(everyone))
+    ring = ring_of(*names(everyone))
+    for key in keys:
+        expected = {b"before the join"} if joiner.name in ring.preference_list(key, N) else set()
+        assert replica_values(joiner, key) == expected, key
+    with SyncKeyValueClient(joiner.address) as client:
+        for key in keys:
+            assert client.get(key).values == (b"before the join",), key
+
+
+def test_a_leaving_node_hands_over_all_its_ranges_before_it_stops(start_node: StartNode) -> None:
+    nodes = start_cluster(start_node, 4, "--anti-entropy-interval-ms", "0")
+    keys = [f"leave-{index}".encode() for index in range(60)]
+    with SyncKeyValueClient(nodes[0].address) as client:
+        for key in keys:
+            client.put(key, b"kept", w=3)
+    leaver = nodes[3]
+    with SyncKeyValueClient(leaver.address, deadline_ms=30_000) as client:
+        assert client.leave() > 0
+    assert leaver.process is not None
+    assert leaver.process.wait(timeout=30) == 0, leaver.log_tail()
+    remaining = nodes[:3]
+    wait_for_view(remaining, names(remaining), alive=names(remaining))
+    ring = ring_of(*names(remaining))
+    by_name = {node.name: node for node in remaining}
+    for key in keys:
+        for owner in ring.preference_list(key, N):
+            assert replica_values(by_name[owner], key) == {b"kept"}, (key, owner)
