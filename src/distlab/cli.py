@@ -143,6 +143,24 @@ def _add_node_arguments(node: argparse.ArgumentParser) -> None:
         default=10_000,
         help="Merkle-tree exchange with a random peer this often; 0: off (default: %(default)s)",
     )
+    quorum.add_argument(
+        "--tombstone-grace-ms",
+        type=_positive_int,
+        default=3_600_000,
+        help="keep a delete's tombstone at least this long (default: one hour)",
+    )
+    quorum.add_argument(
+        "--tombstone-gc-interval-ms",
+        type=_non_negative_int,
+        default=60_000,
+        help="look for collectable tombstones this often; 0: never (default: %(default)s)",
+    )
+    quorum.add_argument(
+        "--no-tombstone-gc-interlock",
+        action="store_true",
+        help="collect a tombstone without checking that every replica has it: UNSAFE, a "
+        "replica that missed the delete brings the value back (a chaos negative control)",
+    )
     quorum.add_argument("--vnodes", type=_positive_int, default=128, help="virtual nodes per node")
     quorum.add_argument("--weight", type=float, default=1.0, help="share of vnodes relative to 1")
     quorum.add_argument("--gossip-interval-ms", type=_positive_int, default=500)
@@ -212,6 +230,9 @@ def _run_node(args: argparse.Namespace) -> int:
             read_repair=not args.no_read_repair,
             last_writer_wins=args.last_writer_wins,
             anti_entropy_interval_ms=args.anti_entropy_interval_ms,
+            tombstone_grace_ms=args.tombstone_grace_ms,
+            tombstone_gc_interval_ms=args.tombstone_gc_interval_ms,
+            tombstone_gc_interlock=not args.no_tombstone_gc_interlock,
             membership=MembershipConfig(
                 gossip_interval_ms=args.gossip_interval_ms,
                 failure_timeout_ms=args.failure_timeout_ms,

@@ -247,3 +247,87 @@ def test_a_leaving_node_hands_over_all_its_ranges_before_it_stops(start_node: St
     for key in keys:
         for owner in ring.preference_list(key, N):
             assert replica_values(by_name[owner], key) == {b"kept"}, (key, owner)
+
+
+TOMBSTONE_GC_FAST = ["--tombstone-grace-ms", "300", "--tombstone-gc-interval-ms", "200"]
+
+
+def delete_everywhere(address: str, key: bytes) -> None:
+    with SyncKeyValueClient(address) as client:
+        read = client.get(key)
+        client.delete(key, context=read.context)
+        with pytest.raises(DistlabError) as missing:
+            client.get(key)
+        assert missing.value.kind is errors.NOT_FOUND
+
+
+def test_tombstones_are_collected_once_past_their_grace_everywhere(start_node: StartNode) -> None:
+    """Dynamo keeps deletes as versions; a tombstone older than the grace period, held by every
+    replica, can be forgotten."""
+    nodes = start_cluster(start_node, 3, *TOMBSTONE_GC_FAST)
+    with SyncKeyValueClient(nodes[0].address) as client:
+        client.put(b"doomed", b"value", w=3)
+    delete_everywhere(nodes[1].address, b"doomed")
+    wait_until(
+        lambda: all(replica_versions(node, b"doomed") == () for node in nodes),
+        "every replica forgot the tombstone",
+    )
+
+
+def test_the_interlock_keeps_a_tombstone_until_every_replica_has_it(start_node: StartNode) -> None:
+    nodes = start_cluster(
+        start_node, 3, "--strict-quorum", "--anti-entropy-interval-ms", "0", *TOMBSTONE_GC_FAST
+    )
+    first, second, third = nodes
+    with SyncKeyValueClient(first.address) as client:
+        client.put(b"doomed", b"old value", w=3)
+    third.kill()
+    wait_for_view([first, second], names(nodes), alive={first.name, second.name})
+    delete_everywhere(first.address, b"doomed")
+    # An observation window, not a synchronisation: ten GC rounds past the grace period, the
+    # two replicas that have the tombstone must still hold it, because the third lacks it.
+    watch_until = time.monotonic() + 2.0
+    while time.monotonic() < watch_until:
+        for node in (first, second):
+            held = replica_versions(node, b"doomed")
+            assert held, f"{node.name} collected a tombstone a replica lacks"
+            assert all(version.is_tombstone for version in held)
+        time.sleep(0.1)
+    third.start()
+    wait_for_view(nodes, names(nodes), alive=names(nodes))
+    with SyncKeyValueClient(first.address) as client, pytest.raises(DistlabError) as missing:
+        client.get(b"doomed", r=3)  # the tombstone wins, and read repair carries it to the third
+    assert missing.value.kind is errors.NOT_FOUND
+    wait_until(
+        lambda: all(replica_versions(node, b"doomed") == () for node in nodes),
+        "once every replica had the tombstone, all collected it",
+    )
+
+
+def test_without_the_interlock_a_deleted_value_comes_back(start_node: StartNode) -> None:
+    """Negative control: the safety switch off shows the anomaly it prevents (resurrection)."""
+    nodes = start_cluster(
+        start_node,
+        3,
+        "--strict-quorum",
+        "--anti-entropy-interval-ms",
+        "0",
+        "--no-tombstone-gc-interlock",
+        *TOMBSTONE_GC_FAST,
+    )
+    first, second, third = nodes
+    with SyncKeyValueClient(first.address) as client:
+        client.put(b"doomed", b"old value", w=3)
+    third.kill()
+    wait_for_view([first, second], names(nodes), alive={first.name, second.name})
+    delete_everywhere(first.address, b"doomed")
+    wait_until(
+        lambda: (
+            replica_versions(first, b"doomed") == () and replica_versions(second, b"doomed") == ()
+        ),
+        "the unguarded GC forgot the tombstone",
+    )
+    third.start()
+    wait_for_view(nodes, names(nodes), alive=names(nodes))
+    with SyncKeyValueClient(first.address) as client:
+        assert client.get(b"doomed", r=3).values == (b"old value",), "the delete was undone"

@@ -26,7 +26,10 @@ A get (4.5, 5 "read repair"):
      the key the reconciled set (a merge there).
 
 Background loops: gossip every round (4.8); hinted handoff to owners that are back (4.6);
-anti-entropy with a random peer (4.7), comparing Merkle trees of the keys both replicate.
+anti-entropy with a random peer (4.7), comparing Merkle trees of the keys both replicate (one
+tree per pair of nodes over the keys both replicate, rather than one per key range: the same
+comparison with one exchange instead of one per range); tombstone collection after a grace
+period, guarded by an interlock.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +86,7 @@ from distlab.kvstore.versioning import (
     encode_siblings,
     last_writer_wins,
     read_context,
+    reconcile,
 )
 from distlab.proto import kvstore_pb2
 
@@ -102,6 +106,11 @@ MERKLE_DEPTH = 8  # 256 leaves: a few KiB per exchange; a differing leaf holds ~
 FETCH_PAGE_KEYS = 500  # keys per FetchKeys page: bounded message size and memory
 FULL_CIRCLE = TokenRange(0, 0)
 FORWARDED_METADATA_KEY = "distlab-forwarded"
+# A tombstone must outlive every way an older value could still arrive: a hint on a fallback, a
+# replica that was down, a write in flight. Cassandra's gc_grace_seconds defaults to 10 days for
+# clusters repaired weekly; an hour suits a local cluster whose hints drain within seconds.
+TOMBSTONE_GRACE_MS_DEFAULT = 60 * 60 * 1000
+TOMBSTONE_GC_INTERVAL_MS_DEFAULT = 60 * 1000
 # Background tasks (straggler replies, read repairs) held at once; past it new ones are dropped,
 # and anti-entropy repairs what they would have (a limit on everything, TigerBeetle style).
 BACKGROUND_TASKS_MAX = 10_000
@@ -122,6 +131,9 @@ class KvNodeOptions:
     handoff_interval_ms: int = HANDOFF_INTERVAL_MS_DEFAULT
     replica_call_ms: int = REPLICA_CALL_MS_DEFAULT
     clock_entries_max: int = CLOCK_ENTRIES_MAX_DEFAULT
+    tombstone_grace_ms: int = TOMBSTONE_GRACE_MS_DEFAULT
+    tombstone_gc_interval_ms: int = TOMBSTONE_GC_INTERVAL_MS_DEFAULT  # 0: never collect
+    tombstone_gc_interlock: bool = True  # collect only once every replica holds the tombstone
     membership: MembershipConfig = field(default_factory=MembershipConfig)
     storage: StorageOptions = field(default_factory=StorageOptions)
     seed: int | None = None  # for the gossip and anti-entropy choices; None: from the clock
@@ -135,6 +147,7 @@ class NodeCounters:
     anti_entropy_rounds: int = 0
     anti_entropy_keys_repaired: int = 0
     forwarded: int = 0
+    tombstones_collected: int = 0
 
 
 class KvNode:
@@ -180,12 +193,42 @@ class KvNode:
         self._membership = Membership(own, seeds, self.rng, self.options.membership)
         self._rebuild_ring()
         self._loops.append(asyncio.create_task(self._gossip_loop(), name="gossip"))
-        self._loops.append(asyncio.create_task(self._handoff_loop(), name="handoff"))
+        handoff_s = self.options.handoff_interval_ms / 1000
+        self._start_loop("handoff", lambda: handoff_s, self.hand_off_hints)
         if self.options.anti_entropy_interval_ms > 0:
-            self._loops.append(asyncio.create_task(self._anti_entropy_loop(), name="anti-entropy"))
+            entropy_s = self.options.anti_entropy_interval_ms / 1000
+            # Jittered, so nodes started together do not exchange in lockstep.
+            self._start_loop(
+                "anti-entropy",
+                lambda: entropy_s * (0.5 + self.rng.random()),
+                self._anti_entropy_round,
+            )
+        if self.options.tombstone_gc_interval_ms > 0:
+            collect_s = self.options.tombstone_gc_interval_ms / 1000
+            self._start_loop("tombstone-gc", lambda: collect_s, self.collect_tombstones)
         if self.options.join:
             self._loops.append(asyncio.create_task(self._bootstrap(), name="bootstrap"))
         log_event(logger, "joined_membership", node=self.node_id, status=status.name, seeds=seeds)
+
+    def _start_loop(
+        self, name: str, interval_s: Callable[[], float], body: Callable[[], Awaitable[object]]
+    ) -> None:
+        self._loops.append(asyncio.create_task(self._repeat(name, interval_s, body), name=name))
+
+    async def _repeat(
+        self, name: str, interval_s: Callable[[], float], body: Callable[[], Awaitable[object]]
+    ) -> None:
+        """Run ``body`` every interval until cancelled. A failed round is logged and the next
+        one tried: a background loop that died silently would be a node that quietly stopped
+        healing the cluster."""
+        while True:
+            await asyncio.sleep(interval_s())
+            try:
+                await body()
+            except (grpc.RpcError, DistlabError) as error:
+                log_event(logger, "round_failed", logging.DEBUG, loop=name, error=str(error))
+            except Exception:
+                logger.exception("round_crashed", extra={"loop": name})
 
     async def close(self) -> None:
         for task in self._loops:
@@ -502,10 +545,13 @@ class KvNode:
             # deadline inside the interval: a dead peer must not stretch the round, or every
             # heartbeat this node relays would age and healthy peers would look down.
             next_round += interval_s
-            targets = self.membership.tick(self._now_ms())
-            await asyncio.gather(
-                *(self._gossip_with(target.address, interval_s * 0.8) for target in targets)
-            )
+            try:
+                targets = self.membership.tick(self._now_ms())
+                await asyncio.gather(
+                    *(self._gossip_with(target.address, interval_s * 0.8) for target in targets)
+                )
+            except Exception:
+                logger.exception("round_crashed", extra={"loop": "gossip"})
             await asyncio.sleep(max(0.0, next_round - loop.time()))
             next_round = max(next_round, loop.time())
 
@@ -537,11 +583,6 @@ class KvNode:
 
     # ------------------------------------------------------------------ hinted handoff (4.6)
 
-    async def _handoff_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.options.handoff_interval_ms / 1000)
-            await self.hand_off_hints()
-
     async def hand_off_hints(self) -> int:
         """Deliver the hints of every target that is alive again; returns how many."""
         delivered = 0
@@ -570,16 +611,10 @@ class KvNode:
 
     # ------------------------------------------------------------------ anti-entropy (4.7)
 
-    async def _anti_entropy_loop(self) -> None:
-        interval_s = self.options.anti_entropy_interval_ms / 1000
-        while True:
-            # Jittered, so the nodes of a cluster started together do not exchange in lockstep.
-            await asyncio.sleep(interval_s * (0.5 + self.rng.random()))
-            peers = sorted((self._live() & set(self.ring.nodes)) - {self.node_id})
-            if peers:
-                # ValueError: a peer's tree or siblings did not decode; try another round.
-                with contextlib.suppress(grpc.RpcError, DistlabError, ValueError):
-                    await self.anti_entropy_with(self.rng.choice(peers))
+    async def _anti_entropy_round(self) -> None:
+        peers = sorted((self._live() & set(self.ring.nodes)) - {self.node_id})
+        if peers:
+            await self.anti_entropy_with(self.rng.choice(peers))
 
     def merkle_tree(self, shared_with: str, depth: int) -> MerkleTree:
         """The tree of the keys this node and ``shared_with`` both replicate."""
@@ -697,6 +732,54 @@ class KvNode:
                 if entry.value is not None:
                     result.append((key, entry.value))
             start = entries[-1][0] + b"\x00"
+
+    # ------------------------------------------------------------------ tombstone GC
+
+    async def collect_tombstones(self) -> int:
+        """Drop keys whose every sibling is a tombstone older than the grace period and, with
+        the interlock on, once no replica of the key holds anything they do not supersede
+        (Dynamo leaves deletes' collection out; this follows Cassandra's gc_grace and Riak's
+        delete_mode, plus a check of the replicas). Without the interlock a
+        replica that missed the delete still holds the old value, and once the others have
+        forgotten the tombstone, read repair or anti-entropy spreads that value back: the
+        deleted key resurrects (the chaos harness shows it). Returns how many keys it dropped.
+        Grace is judged on this node's wall clock, so a clock running fast collects early."""
+        horizon_ms = self.clock.wall_ms() - self.options.tombstone_grace_ms
+        collected = 0
+        for key, encoded in self._stored_entries():
+            versions = decode_siblings(encoded)
+            if not all(version.is_tombstone for version in versions):
+                continue
+            if max(version.wall_ms for version in versions) > horizon_ms:
+                continue
+            if self.options.tombstone_gc_interlock and not await self._no_replica_holds_more(
+                key, versions
+            ):
+                continue
+            if await self.replica.delete_if_unchanged(key, versions):
+                collected += 1
+        if collected:
+            self.counters.tombstones_collected += collected
+            self.engine.collect_tombstones(self.engine.stats().applied_sequence)
+            log_event(logger, "tombstones_collected", count=collected)
+        return collected
+
+    async def _no_replica_holds_more(self, key: bytes, tombstones: tuple[Version, ...]) -> bool:
+        """The interlock: every other replica holds nothing these tombstones do not supersede.
+        An empty replica passes (it never had the value, or already collected the tombstone);
+        one still holding an older value, or a newer write, does not."""
+        for node_id in self.ring.preference_list(key, self.options.quorum.n):
+            if node_id == self.node_id:
+                continue
+            try:
+                reply = await self.peers.replica(self._address(node_id)).ReplicaGet(
+                    kvstore_pb2.ReplicaGetRequest(key=key), timeout=BACKGROUND_CALL_MS / 1000
+                )
+            except grpc.RpcError:
+                return False  # a replica we cannot ask is a replica that may hold the value
+            if reconcile((*tombstones, *decode_siblings(reply.siblings))) != tombstones:
+                return False
+        return True
 
     # ------------------------------------------------------------------ join and leave
 

@@ -109,6 +109,14 @@ class LocalReplica:
             outcome = await self._merge_locked(key, (version,))
             return version, outcome.siblings
 
+    async def delete_if_unchanged(self, key: bytes, expected: tuple[Version, ...]) -> bool:
+        """Forget key entirely (tombstone GC), unless its sibling set changed meanwhile."""
+        async with self.locks.hold(key):
+            if self.read(key) != expected:
+                return False
+            await self.engine.delete(key)
+            return True
+
     async def _merge_locked(self, key: bytes, incoming: tuple[Version, ...]) -> MergeOutcome:
         local = self.read(key)
         merged = self.resolve_last_writer(reconcile((*local, *incoming)))
