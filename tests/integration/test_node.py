@@ -226,3 +226,4 @@ async def test_metrics_count_calls_by_status_and_report_storage(start_node: Star
     assert 'distlab_rpc_total{code="NOT_FOUND",method="Get"} 1.0' in text
     assert "distlab_kv_live_keys 2.0" in text
     assert "distlab_kv_pending_hints 0.0" in text
+    assert "distlab_kv_tombstones_collected 0.0" in text

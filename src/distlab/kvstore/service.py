@@ -312,6 +312,11 @@ def _register_gauges(metrics: NodeMetrics, node: KvNode) -> None:
             lambda: node.replica.discarded_writes,
         ),
         (
+            "distlab_kv_tombstones_collected",
+            "Deleted keys forgotten after their grace period",
+            lambda: counters.tombstones_collected,
+        ),
+        (
             "distlab_kv_forwarded_writes",
             "Writes forwarded to their coordinator",
             lambda: counters.forwarded,
