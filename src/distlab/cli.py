@@ -419,6 +419,16 @@ def _add_kv_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     common(ring)
     ring.set_defaults(func=_kv_ring)
 
+    join = operations.add_parser(
+        "join",
+        help="run a new node that joins a cluster",
+        description="Run a new node that joins the cluster through --seeds: it fetches the "
+        "keys it will replicate from the current owners, then takes its place on the ring. "
+        "The same as `distlab node --join`.",
+    )
+    _add_node_arguments(join)
+    join.set_defaults(func=_run_node, join=True)
+
     leave = operations.add_parser(
         "leave",
         help="decommission a node",
