@@ -171,6 +171,11 @@ def _add_node_arguments(node: argparse.ArgumentParser) -> None:
         help="a peer whose heartbeat has not advanced this long is down (default: %(default)s)",
     )
     quorum.add_argument("--rng-seed", type=int, help="seed gossip and anti-entropy choices")
+    quorum.add_argument(
+        "--allow-fault-injection",
+        action="store_true",
+        help="serve the SetBlockedPeers RPC that cuts links to peers (tests and chaos only)",
+    )
     storage = node.add_argument_group("storage and limits")
     storage.add_argument(
         "--fsync",
@@ -239,6 +244,7 @@ def _run_node(args: argparse.Namespace) -> int:
             ),
             storage=StorageOptions(wal=wal_options),
             seed=args.rng_seed,
+            allow_fault_injection=args.allow_fault_injection,
         )
     except ValueError as error:
         return _fail(f"bad option: {error}", EXIT_USAGE)

@@ -138,6 +138,58 @@ def test_concurrent_puts_through_two_coordinators_are_siblings_until_resolved(
         assert second.get(b"cart").values == (b"apple+pear",)
 
 
+def cut(node: NodeProcess, peers: list[NodeProcess]) -> None:
+    """Tell ``node`` it can no longer call ``peers`` (an empty list heals)."""
+    with grpc.insecure_channel(node.address) as channel:
+        kvstore_pb2_grpc.ReplicaStub(channel).SetBlockedPeers(
+            kvstore_pb2.SetBlockedPeersRequest(addresses=[peer.address for peer in peers]),
+            timeout=5,
+        )
+
+
+def partition(*sides: list[NodeProcess]) -> None:
+    everyone = [node for side in sides for node in side]
+    for side in sides:
+        for node in side:
+            cut(node, [other for other in everyone if other not in side])
+
+
+def test_puts_on_both_sides_of_a_partition_become_siblings(start_node: StartNode) -> None:
+    """Dynamo 4.4 and 4.6: during a partition each side's sloppy quorum accepts writes; after
+    healing, the versions are concurrent, so a read returns both, and a put with that read's
+    context resolves them."""
+    nodes = start_cluster(start_node, 4, "--allow-fault-injection")
+    left, right = nodes[:2], nodes[2:]
+    with SyncKeyValueClient(left[0].address) as client:
+        client.put(b"cart", b"before", w=3)
+    partition(left, right)
+    wait_for_view(left, names(nodes), alive=names(left))
+    wait_for_view(right, names(nodes), alive=names(right))
+    with SyncKeyValueClient(left[0].address) as client:
+        before = client.get(b"cart", r=1)
+        client.put(b"cart", b"left", context=before.context, w=2)
+    with SyncKeyValueClient(right[0].address) as client:
+        before = client.get(b"cart", r=1)
+        client.put(b"cart", b"right", context=before.context, w=2)
+    partition(nodes)  # one side holding everyone: every link restored
+    wait_for_view(nodes, names(nodes), alive=names(nodes))
+    with SyncKeyValueClient(nodes[0].address) as client:
+        wait_until(
+            lambda: set(client.get(b"cart", r=3).values) == {b"left", b"right"},
+            "both sides' writes are siblings after the heal",
+        )
+        read = client.get(b"cart", r=3)
+        client.put(b"cart", b"left+right", context=read.context)
+        assert client.get(b"cart", r=3).values == (b"left+right",)
+
+
+def test_fault_injection_is_refused_unless_enabled(start_node: StartNode) -> None:
+    nodes = start_cluster(start_node, 2, "--replicas", "2")
+    with pytest.raises(grpc.RpcError) as refused:
+        cut(nodes[0], [nodes[1]])
+    assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+
+
 def test_hinted_handoff_delivers_every_hinted_write_when_the_owner_returns(
     start_node: StartNode,
 ) -> None:

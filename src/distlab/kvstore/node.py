@@ -137,6 +137,7 @@ class KvNodeOptions:
     membership: MembershipConfig = field(default_factory=MembershipConfig)
     storage: StorageOptions = field(default_factory=StorageOptions)
     seed: int | None = None  # for the gossip and anti-entropy choices; None: from the clock
+    allow_fault_injection: bool = False  # serve SetBlockedPeers (tests and the chaos harness)
 
 
 @dataclass

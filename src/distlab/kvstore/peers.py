@@ -9,6 +9,7 @@ from __future__ import annotations
 import grpc
 import grpc.aio
 
+from distlab.chaos.rpc_faults import CutLinkInterceptor, LinkFaults
 from distlab.common.limits import Limits
 from distlab.proto import kvstore_pb2_grpc
 
@@ -19,8 +20,9 @@ RECONNECT_BACKOFF_MS_MAX = 1000
 
 
 class Peers:
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, faults: LinkFaults | None = None) -> None:
         self._limits = limits
+        self.faults = faults or LinkFaults()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._replica_stubs: dict[str, kvstore_pb2_grpc.ReplicaAsyncStub] = {}
         self._client_stubs: dict[str, kvstore_pb2_grpc.KeyValueAsyncStub] = {}
@@ -37,6 +39,7 @@ class Peers:
                     ("grpc.initial_reconnect_backoff_ms", 100),
                     ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS_MAX),
                 ],
+                interceptors=[CutLinkInterceptor(self.faults, address)],
             )
             self._channels[address] = channel
         return channel

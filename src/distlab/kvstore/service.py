@@ -217,6 +217,22 @@ class ReplicaServicer(kvstore_pb2_grpc.ReplicaServicer):
             next_after_key=next_after,
         )
 
+    @abort_on_error
+    async def SetBlockedPeers(
+        self, request: kvstore_pb2.SetBlockedPeersRequest, context: Context
+    ) -> kvstore_pb2.SetBlockedPeersResponse:
+        if not self.node.options.allow_fault_injection:
+            raise DistlabError(
+                errors.FAILED_PRECONDITION,
+                "fault injection is off; start the node with --allow-fault-injection",
+            )
+        try:
+            self.node.peers.faults.set_blocked(request.addresses)
+        except ValueError as error:
+            raise invalid_argument("addresses", str(error)) from error
+        log_event(logger, "blocked_peers", addresses=sorted(request.addresses))
+        return kvstore_pb2.SetBlockedPeersResponse()
+
 
 def _json(trace: dict[str, Any] | None) -> str:
     return json.dumps(trace, default=str) if trace is not None else ""

@@ -312,6 +312,11 @@ class ReplicaStub:
                 request_serializer=distlab_dot_proto_dot_kvstore__pb2.FetchKeysRequest.SerializeToString,
                 response_deserializer=distlab_dot_proto_dot_kvstore__pb2.FetchKeysResponse.FromString,
                 _registered_method=True)
+        self.SetBlockedPeers = channel.unary_unary(
+                '/distlab.v1.Replica/SetBlockedPeers',
+                request_serializer=distlab_dot_proto_dot_kvstore__pb2.SetBlockedPeersRequest.SerializeToString,
+                response_deserializer=distlab_dot_proto_dot_kvstore__pb2.SetBlockedPeersResponse.FromString,
+                _registered_method=True)
 
 
 class ReplicaServicer:
@@ -355,6 +360,16 @@ class ReplicaServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetBlockedPeers(self, request, context):
+        """Fault injection for tests and the chaos harness, served only by a node
+        started with --allow-fault-injection: from now on, every call this node
+        makes to these peers fails at once with UNAVAILABLE (a cut link, one way;
+        cut both ways by telling both ends). An empty list heals.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplicaServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -382,6 +397,11 @@ def add_ReplicaServicer_to_server(servicer, server):
                     servicer.FetchKeys,
                     request_deserializer=distlab_dot_proto_dot_kvstore__pb2.FetchKeysRequest.FromString,
                     response_serializer=distlab_dot_proto_dot_kvstore__pb2.FetchKeysResponse.SerializeToString,
+            ),
+            'SetBlockedPeers': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetBlockedPeers,
+                    request_deserializer=distlab_dot_proto_dot_kvstore__pb2.SetBlockedPeersRequest.FromString,
+                    response_serializer=distlab_dot_proto_dot_kvstore__pb2.SetBlockedPeersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -520,6 +540,33 @@ class Replica:
             '/distlab.v1.Replica/FetchKeys',
             distlab_dot_proto_dot_kvstore__pb2.FetchKeysRequest.SerializeToString,
             distlab_dot_proto_dot_kvstore__pb2.FetchKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetBlockedPeers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distlab.v1.Replica/SetBlockedPeers',
+            distlab_dot_proto_dot_kvstore__pb2.SetBlockedPeersRequest.SerializeToString,
+            distlab_dot_proto_dot_kvstore__pb2.SetBlockedPeersResponse.FromString,
             options,
             channel_credentials,
             insecure,

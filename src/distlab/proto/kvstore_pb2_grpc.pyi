@@ -140,6 +140,12 @@ class ReplicaStub:
     """A page of the sibling sets of keys that for_node replicates (anti-entropy
     leaves, a joining node's bootstrap).
     """
+    SetBlockedPeers: _grpc.UnaryUnaryMultiCallable[_kvstore_pb2.SetBlockedPeersRequest, _kvstore_pb2.SetBlockedPeersResponse]
+    """Fault injection for tests and the chaos harness, served only by a node
+    started with --allow-fault-injection: from now on, every call this node
+    makes to these peers fails at once with UNAVAILABLE (a cut link, one way;
+    cut both ways by telling both ends). An empty list heals.
+    """
 
 @_typing.type_check_only
 class ReplicaAsyncStub(ReplicaStub):
@@ -160,6 +166,12 @@ class ReplicaAsyncStub(ReplicaStub):
     FetchKeys: _aio.UnaryUnaryMultiCallable[_kvstore_pb2.FetchKeysRequest, _kvstore_pb2.FetchKeysResponse]  # type: ignore[assignment]
     """A page of the sibling sets of keys that for_node replicates (anti-entropy
     leaves, a joining node's bootstrap).
+    """
+    SetBlockedPeers: _aio.UnaryUnaryMultiCallable[_kvstore_pb2.SetBlockedPeersRequest, _kvstore_pb2.SetBlockedPeersResponse]  # type: ignore[assignment]
+    """Fault injection for tests and the chaos harness, served only by a node
+    started with --allow-fault-injection: from now on, every call this node
+    makes to these peers fails at once with UNAVAILABLE (a cut link, one way;
+    cut both ways by telling both ends). An empty list heals.
     """
 
 class ReplicaServicer(metaclass=_abc_1.ABCMeta):
@@ -208,6 +220,18 @@ class ReplicaServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_kvstore_pb2.FetchKeysResponse, _abc.Awaitable[_kvstore_pb2.FetchKeysResponse]]:
         """A page of the sibling sets of keys that for_node replicates (anti-entropy
         leaves, a joining node's bootstrap).
+        """
+
+    @_abc_1.abstractmethod
+    def SetBlockedPeers(
+        self,
+        request: _kvstore_pb2.SetBlockedPeersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kvstore_pb2.SetBlockedPeersResponse, _abc.Awaitable[_kvstore_pb2.SetBlockedPeersResponse]]:
+        """Fault injection for tests and the chaos harness, served only by a node
+        started with --allow-fault-injection: from now on, every call this node
+        makes to these peers fails at once with UNAVAILABLE (a cut link, one way;
+        cut both ways by telling both ends). An empty list heals.
         """
 
 def add_ReplicaServicer_to_server(servicer: ReplicaServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
