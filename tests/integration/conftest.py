@@ -12,7 +12,7 @@ from distlab.common.processes import NodeProcess
 from distlab.kvstore.client import SyncKeyValueClient
 
 # Fast gossip and failure detection, so a test sees a dead node within about a second.
-FAST_CLUSTER_ARGUMENTS = ["--gossip-interval-ms", "100", "--failure-timeout-ms", "1000"]
+FAST_CLUSTER_ARGUMENTS = ["--gossip-interval-ms", "100", "--failure-timeout-ms", "2000"]
 CONVERGE_DEADLINE_S = 30.0
 
 StartNode = Callable[..., NodeProcess]

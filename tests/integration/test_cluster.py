@@ -20,7 +20,7 @@ from distlab.kvstore.client import SyncKeyValueClient
 from distlab.kvstore.versioning import Version, decode_siblings
 from distlab.proto import kvstore_pb2, kvstore_pb2_grpc
 
-from .conftest import StartNode, start_cluster, wait_for_view
+from .conftest import FAST_CLUSTER_ARGUMENTS, StartNode, start_cluster, wait_for_view
 
 CONVERGE_DEADLINE_S = 30.0
 N = 3
@@ -267,8 +267,8 @@ def test_a_joining_node_receives_exactly_its_ranges(start_node: StartNode) -> No
         for key in keys:
             client.put(key, b"before the join")
     joiner = start_node(
-        "node4", "--seeds", nodes[0].address, "--join", "--gossip-interval-ms", "100",
-        "--failure-timeout-ms", "1000", "--anti-entropy-interval-ms", "0",
+        "node4", "--seeds", nodes[0].address, "--join", *FAST_CLUSTER_ARGUMENTS,
+        "--anti-entropy-interval-ms", "0",
     )  # fmt: skip
     everyone = [*nodes, joiner]
     wait_for_view(everyone, names(everyone), alive=names(everyone))
