@@ -138,6 +138,11 @@ def _add_node_arguments(node: argparse.ArgumentParser) -> None:
         "--no-read-repair", action="store_true", help="do not repair stale replicas after a get"
     )
     quorum.add_argument(
+        "--no-hinted-handoff",
+        action="store_true",
+        help="fallbacks keep the hints they hold and never hand them over (sloppy quorum only)",
+    )
+    quorum.add_argument(
         "--anti-entropy-interval-ms",
         type=_non_negative_int,
         default=10_000,
@@ -233,6 +238,7 @@ def _run_node(args: argparse.Namespace) -> int:
             vnodes_per_node=args.vnodes,
             join=args.join,
             read_repair=not args.no_read_repair,
+            hinted_handoff=not args.no_hinted_handoff,
             last_writer_wins=args.last_writer_wins,
             anti_entropy_interval_ms=args.anti_entropy_interval_ms,
             tombstone_grace_ms=args.tombstone_grace_ms,

@@ -190,13 +190,15 @@ def test_fault_injection_is_refused_unless_enabled(start_node: StartNode) -> Non
     assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
 
 
-def test_hinted_handoff_delivers_every_hinted_write_when_the_owner_returns(
-    start_node: StartNode,
-) -> None:
-    """Dynamo 4.6: with an owner down, its replica goes to the next node with a hint, and is
-    handed over when the owner is back. Read repair and anti-entropy are off, so only handoff
-    can explain what the owner holds afterwards."""
-    nodes = start_cluster(start_node, 4, "--anti-entropy-interval-ms", "0", "--no-read-repair")
+def write_while_an_owner_is_down(
+    start_node: StartNode, *flags: str
+) -> tuple[NodeProcess, list[bytes]]:
+    """A 4-node sloppy cluster without read repair or anti-entropy; one node killed, 40 keys
+    written with W=3 (so each of the downed node's keys needs a fallback), the node restarted.
+    Returns the restarted owner and the keys it owns."""
+    nodes = start_cluster(
+        start_node, 4, "--anti-entropy-interval-ms", "0", "--no-read-repair", *flags
+    )
     owner = nodes[3]
     ring = ring_of(*names(nodes))
     keys = [f"hinted-{index}".encode() for index in range(40)]
@@ -207,15 +209,34 @@ def test_hinted_handoff_delivers_every_hinted_write_when_the_owner_returns(
     wait_for_view(survivors, names(nodes), alive=names(survivors))
     with SyncKeyValueClient([node.address for node in survivors]) as client:
         for key in keys:
-            client.put(key, b"written while the owner was down", w=3)  # W=3 needs a fallback
+            client.put(key, b"written while the owner was down", w=3)
     owner.start()
     wait_for_view(nodes, names(nodes), alive=names(nodes))
+    return owner, owned
+
+
+def test_hinted_handoff_delivers_every_hinted_write_when_the_owner_returns(
+    start_node: StartNode,
+) -> None:
+    """Dynamo 4.6: with an owner down, its replica goes to the next node with a hint, and is
+    handed over when the owner is back. Read repair and anti-entropy are off, so only handoff
+    can explain what the owner holds afterwards."""
+    owner, owned = write_while_an_owner_is_down(start_node)
     wait_until(
         lambda: all(
             replica_values(owner, key) == {b"written while the owner was down"} for key in owned
         ),
         "the owner received every hinted write",
     )
+
+
+def test_without_handoff_the_returning_owner_stays_stale(start_node: StartNode) -> None:
+    """The safety switch off: hints stay on the fallbacks, and nothing else repairs the owner."""
+    owner, owned = write_while_an_owner_is_down(start_node, "--no-hinted-handoff")
+    watch_until = time.monotonic() + 2.0  # twice the handoff interval a delivery would need
+    while time.monotonic() < watch_until:
+        assert all(replica_values(owner, key) == set() for key in owned)
+        time.sleep(0.2)
 
 
 def test_read_repair_brings_a_stale_replica_up_to_date(start_node: StartNode) -> None:

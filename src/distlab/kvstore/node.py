@@ -126,6 +126,7 @@ class KvNodeOptions:
     vnodes_per_node: int = DEFAULT_VNODES_PER_NODE
     join: bool = False  # start JOINING and fetch our ranges before serving them
     read_repair: bool = True
+    hinted_handoff: bool = True  # False: fallbacks keep their hints and never deliver them
     last_writer_wins: bool = False  # lossy: see versioning.last_writer_wins
     anti_entropy_interval_ms: int = ANTI_ENTROPY_INTERVAL_MS_DEFAULT  # 0: off
     handoff_interval_ms: int = HANDOFF_INTERVAL_MS_DEFAULT
@@ -194,8 +195,9 @@ class KvNode:
         self._membership = Membership(own, seeds, self.rng, self.options.membership)
         self._rebuild_ring()
         self._loops.append(asyncio.create_task(self._gossip_loop(), name="gossip"))
-        handoff_s = self.options.handoff_interval_ms / 1000
-        self._start_loop("handoff", lambda: handoff_s, self.hand_off_hints)
+        if self.options.hinted_handoff:
+            handoff_s = self.options.handoff_interval_ms / 1000
+            self._start_loop("handoff", lambda: handoff_s, self.hand_off_hints)
         if self.options.anti_entropy_interval_ms > 0:
             entropy_s = self.options.anti_entropy_interval_ms / 1000
             # Jittered, so nodes started together do not exchange in lockstep.
