@@ -1,4 +1,4 @@
-"""The ``distlab bench`` command and its workloads (for now ``wal``).
+"""The ``distlab bench`` command and its workloads: ``wal`` and ``kv``.
 
 ``distlab.cli`` calls ``add_bench_parser(subparsers)`` and then ``args.func(args)``, which returns
 the exit status. A new workload adds a subparser here with ``set_defaults(func=...)``; its run
@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from distlab.bench import wal
+from distlab.bench import kv, wal
 from distlab.bench.runner import (
     CONCURRENCY_MAX,
     DURATION_S_MAX,
@@ -47,6 +47,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     )
     workloads = bench.add_subparsers(title="workloads", metavar="WORKLOAD", required=True)
     _add_wal_parser(workloads)
+    _add_kv_parser(workloads)
 
 
 def _add_wal_parser(workloads: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -139,6 +140,158 @@ def _run_wal(args: argparse.Namespace) -> int:
     )
 
 
+def _add_kv_parser(workloads: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = workloads.add_parser(
+        "kv",
+        help="key-value store puts, gets and a read/write mix end to end, next to a gRPC echo",
+        description="Measure the replicated key-value store end to end through gRPC: blind "
+        "puts, gets of preloaded keys, and a mix of both, each row at the same concurrency, "
+        "plus a bare gRPC echo (the health service's Check on an in-process server) as the "
+        "reference that every row is also given as a ratio of. By default it starts its own "
+        "local cluster (node processes on loopback, data in a temporary directory) and always "
+        "stops and removes it; --to measures an existing cluster instead.",
+    )
+    policies = ",".join(policy.value for policy in FsyncPolicy)
+    cluster = parser.add_argument_group(
+        "cluster", "either --to, or the local cluster's --nodes, --fsync and --dir"
+    )
+    cluster.add_argument(
+        "--to",
+        type=_targets,
+        default=(),
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help=f"nodes of an existing cluster to measure, at most {kv.TARGETS_MAX}; its N, R, W "
+        "and fsync policy are its own (default: start a local cluster)",
+    )
+    cluster.add_argument(
+        "--nodes",
+        type=_bounded_int(1, kv.NODES_MAX),
+        default=None,
+        metavar="N",
+        help=f"node processes of the local cluster (1..{kv.NODES_MAX}; default: "
+        f"{kv.NODES_DEFAULT}); replicas N=min(3, nodes), R=W=a majority of N",
+    )
+    cluster.add_argument(
+        "--fsync",
+        type=_fsync_policy,
+        default=None,
+        metavar="POLICY",
+        help=f"the local nodes' WAL fsync policy, one of {policies} "
+        f"(default: {kv.FSYNC_POLICY_DEFAULT.value})",
+    )
+    cluster.add_argument(
+        "--dir",
+        type=_existing_directory,
+        default=None,
+        metavar="DIRECTORY",
+        help="where to create the local cluster's temporary directory; the results are those of "
+        "its file system (default: the system's temporary directory)",
+    )
+    parser.add_argument(
+        "--keys",
+        type=_bounded_int(1, kv.KEYS_MAX),
+        default=kv.KEYS_DEFAULT,
+        metavar="COUNT",
+        help=f"keys to choose from, uniformly (1..{kv.KEYS_MAX}; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--value-bytes",
+        type=_bounded_int(1, kv.VALUE_BYTES_MAX),
+        default=kv.VALUE_BYTES_DEFAULT,
+        metavar="BYTES",
+        help=f"bytes per value (1..{kv.VALUE_BYTES_MAX}; keys x bytes at most "
+        f"{kv.DATA_SET_BYTES_MAX}; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--read-fraction",
+        type=_fraction,
+        default=kv.READ_FRACTION_DEFAULT,
+        metavar="FRACTION",
+        help="share of gets in the mixed workload, the rest blind puts ([0, 1]; "
+        "default: %(default)s)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_bounded_int(1, kv.CONCURRENCY_MAX),
+        default=kv.CONCURRENCY_DEFAULT,
+        metavar="N",
+        help=f"concurrent workers in every row (1..{kv.CONCURRENCY_MAX}; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=_seconds(0.0, kv.DURATION_S_MAX, zero_allowed=False),
+        default=kv.DURATION_S_DEFAULT,
+        metavar="SECONDS",
+        help="measured time per row (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=_seconds(0.0, WARMUP_S_MAX, zero_allowed=True),
+        default=kv.WARMUP_S_DEFAULT,
+        metavar="SECONDS",
+        help="unmeasured time before each row (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=kv.SEED_DEFAULT,
+        metavar="INTEGER",
+        help="seed of the key choices; worker i uses random.Random(seed + i) "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="where to save the results (default: bench-results/kv-<UTC timestamp>.json)",
+    )
+    parser.set_defaults(func=_run_kv)
+
+
+def _run_kv(args: argparse.Namespace) -> int:
+    local_only = [
+        flag
+        for flag, value in (("--nodes", args.nodes), ("--fsync", args.fsync), ("--dir", args.dir))
+        if value is not None
+    ]
+    if args.to and local_only:
+        return _fail(
+            f"bench kv: {', '.join(local_only)}: only for the local cluster, not with --to",
+            EXIT_USAGE,
+        )
+    try:
+        settings = kv.KvBenchSettings(
+            targets=tuple(args.to),
+            nodes=kv.NODES_DEFAULT if args.nodes is None else args.nodes,
+            fsync_policy=kv.FSYNC_POLICY_DEFAULT if args.fsync is None else args.fsync,
+            directory=args.dir,
+            keys=args.keys,
+            value_bytes=args.value_bytes,
+            read_fraction=args.read_fraction,
+            concurrency=args.concurrency,
+            duration_s=args.duration,
+            warmup_s=args.warmup,
+            seed=args.seed,
+        )
+    except ValueError as error:
+        return _fail(f"bench kv: {error}", EXIT_USAGE)
+    started_at = datetime.now(UTC)
+    try:
+        outcome = kv.run_kv_benchmarks(settings, progress=sys.stderr)
+    except kv.KvBenchError as error:
+        return _fail(f"bench kv: {error}")
+    except OSError as error:
+        return _fail(f"bench kv: cannot run the cluster: {error}")
+    return report(
+        outcome.results,
+        benchmark=kv.BENCHMARK_NAME,
+        json_path=args.json,
+        started_at=started_at,
+        summary=[*kv.echo_ratio_lines(outcome.results), *outcome.warnings],
+    )
+
+
 def report(
     results: Sequence[BenchResult],
     *,
@@ -192,16 +345,42 @@ def _writers_counts(text: str) -> tuple[int, ...]:
 
 
 def _fsync_policies(text: str) -> tuple[FsyncPolicy, ...]:
-    policies = []
-    for word in _comma_separated(text):
-        try:
-            policies.append(FsyncPolicy(word))
-        except ValueError:
-            choices = ", ".join(policy.value for policy in FsyncPolicy)
-            raise argparse.ArgumentTypeError(
-                f"unknown fsync policy {word!r} (choose from {choices})"
-            ) from None
+    policies = [_fsync_policy(word) for word in _comma_separated(text)]
     return tuple(dict.fromkeys(policies))
+
+
+def _fsync_policy(text: str) -> FsyncPolicy:
+    try:
+        return FsyncPolicy(text.strip())
+    except ValueError:
+        choices = ", ".join(policy.value for policy in FsyncPolicy)
+        raise argparse.ArgumentTypeError(
+            f"unknown fsync policy {text!r} (choose from {choices})"
+        ) from None
+
+
+def _targets(text: str) -> tuple[str, ...]:
+    targets = []
+    for word in _comma_separated(text):
+        host, separator, port = word.rpartition(":")
+        if not separator or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise argparse.ArgumentTypeError(
+                f"expected HOST:PORT with a port in [1, 65535], got {word!r}"
+            )
+        targets.append(word)
+    if len(targets) > kv.TARGETS_MAX:
+        raise argparse.ArgumentTypeError(f"at most {kv.TARGETS_MAX} targets")
+    return tuple(dict.fromkeys(targets))  # a duplicate would only double one node's share
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
 
 
 def _bounded_int(low: int, high: int) -> Callable[[str], int]:
