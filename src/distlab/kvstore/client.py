@@ -1,7 +1,8 @@
 """Typed clients of the replicated key-value store: ``KeyValueClient`` (asyncio) and
 ``SyncKeyValueClient`` (blocking, for scripts and the CLI).
 
-Point them at one node or several: any node coordinates any request (Dynamo 4.5). Every call has
+Point them at one node or several (calls go round robin): any node coordinates any request
+(Dynamo 4.5). Every call has
 a deadline and every failure arrives as a ``DistlabError`` whose ``definite`` says whether the
 operation may have taken effect.
 
@@ -161,13 +162,14 @@ class KeyValueClient:
         attempts = min(ATTEMPTS_MAX, len(self._stubs))
         last_error: DistlabError | None = None
         for _ in range(attempts):
+            # Round robin: calls spread over every node given, and a retry goes to the next one.
             stub = self._stubs[self._next % len(self._stubs)]
+            self._next += 1
             try:
                 return await call(stub)
             except grpc.RpcError as rpc_error:
                 error = error_from_rpc(rpc_error)
             last_error = error
-            self._next += 1  # the next attempt, and the next call, go to another node
             retryable = error.kind.status in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
             if not retryable or not (idempotent or error.definite):
                 raise error

@@ -11,7 +11,7 @@ A put, as the coordinator runs it (4.5, 4.6):
   1. Plan from the ring walk and the failure detector's view: the top N live owners, and in
      sloppy mode a fallback (with a hint) for each owner that is down. Too few targets for W:
      refuse at once, a definite error, nothing written.
-  2. If this node is not the first live owner, forward the request to it (once).
+  2. If this node is not a live owner of the key, forward the request to the first one (once).
   3. Mint the new version from the locally stored siblings and the client's context, and store
      it durably here, under the key's lock (so no two puts mint the same dot).
   4. Send the new version to every other target in parallel; each acknowledgement is an fsync
@@ -299,7 +299,10 @@ class KvNode:
         if not plan.achievable:  # step 1
             raise DistlabError(errors.NOT_ENOUGH_REPLICAS, plan.refusal_message())
         coordinator = coordinator_for(walk, live, config)
-        if coordinator is not None and coordinator != self.node_id and not forwarded:  # step 2
+        # Dynamo 4.5: a node outside the key's top N forwards to the first live owner; an owner
+        # coordinates itself (dots are per coordinator, so any owner may mint the version).
+        forward = not plan.can_coordinate(self.node_id) and not forwarded
+        if coordinator is not None and coordinator != self.node_id and forward:  # step 2
             return await self._forward_write(
                 coordinator, key, value, context_bytes, w, want_trace, deadline_s
             )
