@@ -86,7 +86,6 @@ from distlab.kvstore.versioning import (
     encode_siblings,
     last_writer_wins,
     read_context,
-    reconcile,
 )
 from distlab.proto import kvstore_pb2
 
@@ -743,9 +742,9 @@ class KvNode:
 
     async def collect_tombstones(self) -> int:
         """Drop keys whose every sibling is a tombstone older than the grace period and, with
-        the interlock on, once no replica of the key holds anything they do not supersede
-        (Dynamo leaves deletes' collection out; this follows Cassandra's gc_grace and Riak's
-        delete_mode, plus a check of the replicas). Without the interlock a
+        the interlock on, once every replica of the key holds exactly them or nothing (Dynamo
+        leaves collecting deletes out; this follows Cassandra's gc_grace and Riak's delete_mode,
+        plus a check of the replicas). Without the interlock a
         replica that missed the delete still holds the old value, and once the others have
         forgotten the tombstone, read repair or anti-entropy spreads that value back: the
         deleted key resurrects (the chaos harness shows it). Returns how many keys it dropped.
@@ -758,7 +757,7 @@ class KvNode:
                 continue
             if max(version.wall_ms for version in versions) > horizon_ms:
                 continue
-            if self.options.tombstone_gc_interlock and not await self._no_replica_holds_more(
+            if self.options.tombstone_gc_interlock and not await self._every_replica_agrees(
                 key, versions
             ):
                 continue
@@ -770,10 +769,13 @@ class KvNode:
             log_event(logger, "tombstones_collected", count=collected)
         return collected
 
-    async def _no_replica_holds_more(self, key: bytes, tombstones: tuple[Version, ...]) -> bool:
-        """The interlock: every other replica holds nothing these tombstones do not supersede.
-        An empty replica passes (it never had the value, or already collected the tombstone);
-        one still holding an older value, or a newer write, does not."""
+    async def _every_replica_agrees(self, key: bytes, tombstones: tuple[Version, ...]) -> bool:
+        """The interlock: every other replica holds exactly these tombstones, or nothing.
+
+        Nothing is safe: that replica either collected them already or never had a value, and
+        neither can bring a value back. An older value is not safe even though the tombstones
+        supersede it: once they are forgotten, nothing would supersede it any more, and read
+        repair or anti-entropy would spread it again."""
         for node_id in self.ring.preference_list(key, self.options.quorum.n):
             if node_id == self.node_id:
                 continue
@@ -783,7 +785,7 @@ class KvNode:
                 )
             except grpc.RpcError:
                 return False  # a replica we cannot ask is a replica that may hold the value
-            if reconcile((*tombstones, *decode_siblings(reply.siblings))) != tombstones:
+            if decode_siblings(reply.siblings) not in ((), tombstones):
                 return False
         return True
 
