@@ -96,7 +96,7 @@ def key_token(key: bytes) -> int:
 
 def vnode_token(node_id: str, index: int) -> int:
     """The position of virtual node `index` of `node_id`: the key token of f"{node_id}#{index}"."""
-    _check_node_id(node_id)
+    check_node_id(node_id)
     if index < 0:
         raise ValueError(f"index must be >= 0, got {index}")
     return key_token(f"{node_id}{VNODE_KEY_SEPARATOR}{index}".encode())
@@ -225,7 +225,7 @@ class HashRing:
         Returns the ranges whose primary owner changes: all of them move to `node_id`, each from
         the node that owned it before (None if the ring was empty), ordered by end token.
         """
-        _check_node_id(node_id)
+        check_node_id(node_id)
         if node_id in self._node_tokens:
             raise ValueError(f"node_id {node_id!r} is already in the ring")
         if len(self._node_tokens) >= NODES_MAX:
@@ -416,7 +416,8 @@ def _merge_arcs(
     return sorted(merged, key=lambda item: item[0].end)
 
 
-def _check_node_id(node_id: str) -> None:
+def check_node_id(node_id: str) -> None:
+    """A node id every module accepts: a non-empty str of at most NODE_ID_BYTES_MAX in UTF-8."""
     if not isinstance(node_id, str):
         raise TypeError(f"node_id must be a str, got {node_id!r}")
     if not node_id:

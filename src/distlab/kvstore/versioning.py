@@ -123,7 +123,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 
-from distlab.common.hashring import NODE_ID_BYTES_MAX
+from distlab.common.hashring import check_node_id
 
 # ---------------------------------------------------------------------------------------------
 # Limits.
@@ -183,7 +183,7 @@ class Dot:
     counter: int
 
     def __post_init__(self) -> None:
-        _check_node_id(self.node_id)
+        check_node_id(self.node_id)
         _check_counter(self.counter)
 
 
@@ -199,7 +199,7 @@ class ClockEntry:
     wall_ms: int
 
     def __post_init__(self) -> None:
-        _check_node_id(self.node_id)
+        check_node_id(self.node_id)
         _check_counter(self.counter)
         _check_wall_ms(self.wall_ms)
 
@@ -678,22 +678,6 @@ class _Reader:
 # ---------------------------------------------------------------------------------------------
 # Input checks.
 # ---------------------------------------------------------------------------------------------
-
-
-def _check_node_id(node_id: str) -> None:
-    if not isinstance(node_id, str):
-        raise TypeError(f"node_id must be a str, got {node_id!r}")
-    if not node_id:
-        raise ValueError("node_id must not be empty")
-    try:
-        size_bytes = len(node_id.encode())
-    except UnicodeEncodeError as error:
-        raise ValueError(f"node_id {node_id!r} is not encodable as UTF-8") from error
-    if size_bytes > NODE_ID_BYTES_MAX:
-        raise ValueError(
-            f"node_id is {size_bytes} bytes in UTF-8, more than NODE_ID_BYTES_MAX="
-            f"{NODE_ID_BYTES_MAX}"
-        )
 
 
 def _check_counter(counter: int) -> None:
