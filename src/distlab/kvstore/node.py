@@ -166,7 +166,6 @@ class KvNode:
         self.rng = random.Random(options.seed if options.seed is not None else time.time_ns())
         self.ring = HashRing(options.vnodes_per_node)
         self.counters = NodeCounters()
-        self.stopped = asyncio.Event()  # set when this node has left the cluster
         self._membership: Membership | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
@@ -256,8 +255,8 @@ class KvNode:
             self._ring_changed.set()
         self.ring = ring
 
-    def _walk(self, key: bytes, ring: HashRing | None = None) -> list[str]:
-        ring = ring or self.ring
+    def _walk(self, key: bytes) -> list[str]:
+        ring = self.ring
         if len(ring) == 0:
             raise DistlabError(errors.UNAVAILABLE, "the ring is empty: no node serves keys yet")
         return ring.preference_list(key, len(ring))
@@ -839,7 +838,6 @@ class KvNode:
         for peer in sorted(after.nodes):  # tell everyone directly rather than wait for gossip
             await self._gossip_with(self._address(peer), BACKGROUND_CALL_MS / 1000)
         log_event(logger, "left", keys_handed_over=handed)
-        self.stopped.set()
         return handed
 
     async def _hand_over(self, after: HashRing) -> int:

@@ -66,7 +66,7 @@ class KeyValueServicer(kvstore_pb2_grpc.KeyValueServicer):
     ) -> kvstore_pb2.PutResponse:
         self.limits.check_key(request.key)
         self.limits.check_value(request.value)
-        new_context, trace = await self._storage_call(
+        new_context, trace = await _storage_call(
             self.node.write(
                 request.key,
                 request.value,
@@ -75,7 +75,8 @@ class KeyValueServicer(kvstore_pb2_grpc.KeyValueServicer):
                 want_trace=request.trace,
                 forwarded=_forwarded(context),
                 deadline_s=_deadline_s(context, self.limits),
-            )
+            ),
+            self.stop,
         )
         return kvstore_pb2.PutResponse(context=new_context, trace_json=_json(trace))
 
@@ -84,13 +85,14 @@ class KeyValueServicer(kvstore_pb2_grpc.KeyValueServicer):
         self, request: kvstore_pb2.GetRequest, context: Context
     ) -> kvstore_pb2.GetResponse:
         self.limits.check_key(request.key)
-        values, read_context, trace = await self._storage_call(
+        values, read_context, trace = await _storage_call(
             self.node.read(
                 request.key,
                 request.r,
                 want_trace=request.trace,
                 deadline_s=_deadline_s(context, self.limits),
-            )
+            ),
+            self.stop,
         )
         return kvstore_pb2.GetResponse(
             siblings=[kvstore_pb2.Sibling(value=value) for value in values],
@@ -103,7 +105,7 @@ class KeyValueServicer(kvstore_pb2_grpc.KeyValueServicer):
         self, request: kvstore_pb2.DeleteRequest, context: Context
     ) -> kvstore_pb2.DeleteResponse:
         self.limits.check_key(request.key)
-        new_context, trace = await self._storage_call(
+        new_context, trace = await _storage_call(
             self.node.write(
                 request.key,
                 None,
@@ -112,7 +114,8 @@ class KeyValueServicer(kvstore_pb2_grpc.KeyValueServicer):
                 want_trace=request.trace,
                 forwarded=_forwarded(context),
                 deadline_s=_deadline_s(context, self.limits),
-            )
+            ),
+            self.stop,
         )
         return kvstore_pb2.DeleteResponse(context=new_context, trace_json=_json(trace))
 
@@ -128,43 +131,24 @@ class KeyValueServicer(kvstore_pb2_grpc.KeyValueServicer):
     async def Leave(
         self, request: kvstore_pb2.LeaveRequest, context: Context
     ) -> kvstore_pb2.LeaveResponse:
-        handed = await self._storage_call(self.node.leave())
+        handed = await _storage_call(self.node.leave(), self.stop)
         self.stop.set()  # the node has left: shut the server down after this reply
         return kvstore_pb2.LeaveResponse(keys_handed_over=handed)
-
-    async def _storage_call(self, call: Awaitable[ResultT]) -> ResultT:
-        try:
-            return await call
-        except TooManyPendingAppendsError as error:
-            raise DistlabError(errors.RESOURCE_EXHAUSTED, str(error)) from error
-        except TooManySiblingsError as error:
-            raise DistlabError(
-                errors.FAILED_PRECONDITION,
-                f"{error}; read the key and put one value with the read's context",
-            ) from error
-        except StorageClosedError as error:
-            raise DistlabError(errors.UNAVAILABLE, "the node is shutting down") from error
-        except WalFailedError as error:
-            log_event(logger, "storage_failed", logging.CRITICAL, error=str(error))
-            self.stop.set()
-            raise DistlabError(
-                errors.STORAGE_FAILED, f"the write-ahead log failed ({error}); the node is stopping"
-            ) from error
 
 
 class ReplicaServicer(kvstore_pb2_grpc.ReplicaServicer):
     def __init__(self, node: KvNode, limits: Limits, stop: asyncio.Event) -> None:
         self.node = node
         self.limits = limits
-        self.client_side = KeyValueServicer(node, limits, stop)
+        self.stop = stop
 
     @abort_on_error
     async def ReplicaPut(
         self, request: kvstore_pb2.ReplicaPutRequest, context: Context
     ) -> kvstore_pb2.ReplicaPutResponse:
         self.limits.check_key(request.key)
-        await self.client_side._storage_call(
-            self.node.replica_put(request.key, request.siblings, request.hint_for)
+        await _storage_call(
+            self.node.replica_put(request.key, request.siblings, request.hint_for), self.stop
         )
         return kvstore_pb2.ReplicaPutResponse()
 
@@ -232,6 +216,27 @@ class ReplicaServicer(kvstore_pb2_grpc.ReplicaServicer):
             raise invalid_argument("addresses", str(error)) from error
         log_event(logger, "blocked_peers", addresses=sorted(request.addresses))
         return kvstore_pb2.SetBlockedPeersResponse()
+
+
+async def _storage_call(call: Awaitable[ResultT], stop: asyncio.Event) -> ResultT:
+    """Storage failures as the error table names them; a failed WAL stops the node."""
+    try:
+        return await call
+    except TooManyPendingAppendsError as error:
+        raise DistlabError(errors.RESOURCE_EXHAUSTED, str(error)) from error
+    except TooManySiblingsError as error:
+        raise DistlabError(
+            errors.FAILED_PRECONDITION,
+            f"{error}; read the key and put one value with the read's context",
+        ) from error
+    except StorageClosedError as error:
+        raise DistlabError(errors.UNAVAILABLE, "the node is shutting down") from error
+    except WalFailedError as error:
+        log_event(logger, "storage_failed", logging.CRITICAL, error=str(error))
+        stop.set()
+        raise DistlabError(
+            errors.STORAGE_FAILED, f"the write-ahead log failed ({error}); the node is stopping"
+        ) from error
 
 
 def _json(trace: dict[str, Any] | None) -> str:
