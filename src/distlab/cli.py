@@ -58,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from distlab.bench.commands import add_bench_parser
+    from distlab.chaos.commands import add_chaos_parser
 
     parser = argparse.ArgumentParser(
         prog="distlab",
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_node_parser(commands)
     _add_kv_parser(commands)
     add_bench_parser(commands)
+    add_chaos_parser(commands)
     return parser
 
 
@@ -179,7 +181,19 @@ def _add_node_arguments(node: argparse.ArgumentParser) -> None:
     quorum.add_argument(
         "--allow-fault-injection",
         action="store_true",
-        help="serve the SetBlockedPeers RPC that cuts links to peers (tests and chaos only)",
+        help="serve the fault-injection RPCs: cut links, gray RPC faults, clock offset "
+        "(tests and chaos only)",
+    )
+    chaos = node.add_argument_group("chaos harness")
+    chaos.add_argument(
+        "--peer-routes",
+        type=Path,
+        help="JSON file mapping peer host:port to the host:port to dial instead (proxies)",
+    )
+    chaos.add_argument(
+        "--durable-ledger",
+        action="store_true",
+        help="record the WAL's fsynced lengths beside it, so a harness can play a machine crash",
     )
     storage = node.add_argument_group("storage and limits")
     storage.add_argument(
@@ -227,7 +241,9 @@ def _run_node(args: argparse.Namespace) -> int:
             deadline_ms_max=args.deadline_ms_max,
         )
         wal_options = WalOptions(
-            fsync_policy=FsyncPolicy(args.fsync), fsync_interval_ms=args.fsync_interval_ms
+            fsync_policy=FsyncPolicy(args.fsync),
+            fsync_interval_ms=args.fsync_interval_ms,
+            durable_ledger=args.durable_ledger,
         )
         options = KvNodeOptions(
             node_id=node_id,
@@ -251,6 +267,7 @@ def _run_node(args: argparse.Namespace) -> int:
             storage=StorageOptions(wal=wal_options),
             seed=args.rng_seed,
             allow_fault_injection=args.allow_fault_injection,
+            peer_routes=_read_peer_routes(args.peer_routes),
         )
     except ValueError as error:
         return _fail(f"bad option: {error}", EXIT_USAGE)
@@ -557,6 +574,20 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port must be in [0, 65535], got {port}")
     return port
+
+
+def _read_peer_routes(path: Path | None) -> dict[str, str]:
+    if path is None:
+        return {}
+    try:
+        routes = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"--peer-routes {path}: {error}") from error
+    if not isinstance(routes, dict) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in routes.items()
+    ):
+        raise ValueError(f"--peer-routes {path}: want a JSON object of host:port strings")
+    return routes
 
 
 def _positive_int(text: str) -> int:

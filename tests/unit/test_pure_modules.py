@@ -33,6 +33,11 @@ DECLARED_PURE = (
     "distlab.kvstore.versioning",
     "distlab.kvstore.membership",
     "distlab.kvstore.coordinator",
+    "distlab.kvstore.checker",
+    "distlab.chaos.history",
+    "distlab.chaos.nemesis",
+    "distlab.chaos.linearizability",
+    "distlab.chaos.checkers",
 )
 FORBIDDEN_IMPORTS = frozenset(
     {"asyncio", "grpc", "socket", "os", "io", "time", "threading", "subprocess", "selectors"}

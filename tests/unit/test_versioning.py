@@ -44,6 +44,7 @@ from distlab.kvstore.versioning import (
     obsoletes,
     read_context,
     reconcile,
+    write_context,
 )
 
 # Derandomized: every run tries the same examples, so a failure replays as it is (hypothesis
@@ -832,3 +833,44 @@ def test_last_writer_wins_keeps_the_latest_wall_clock_and_counts_what_it_threw_a
     assert last_writer_wins((early, late, deleted)) == (deleted, 2)
     with pytest.raises(ValueError, match="at least one"):
         last_writer_wins(())
+
+
+# ----------------------------------------------------------------------------- write_context
+
+
+def test_a_put_context_covers_the_new_version_when_its_dot_is_next_in_line() -> None:
+    local = (Version(Dot("A", 1), clock({}), b"old", 5),)
+    new = next_version(local, clock({"A": 1}), "A", b"new", 10)
+    assert new.dot == Dot("A", 2)
+    assert write_context(new, reconcile((*local, new))).get("A") == 2
+
+
+def test_a_put_context_never_claims_versions_its_writer_did_not_see() -> None:
+    # The coordinator A minted (A,2) and (A,3) for other writers; this writer read only (A,1).
+    # The new dot is (A,4); the vector {A:4} would claim (A,2) and (A,3) too, and a later put
+    # from it would supersede them unseen. So the writer gets its own context back.
+    seen = Version(Dot("A", 1), clock({}), b"v1", 5)
+    others = (
+        Version(Dot("A", 2), clock({"A": 1}), b"v2", 6),
+        Version(Dot("A", 3), clock({"A": 1}), b"v3", 7),
+    )
+    new = next_version(others, clock({"A": 1}), "A", b"v4", 10)
+    assert new.dot == Dot("A", 4)
+    returned = write_context(new, (*others, new))
+    assert returned == clock({"A": 1})
+    later = next_version((*others, new), returned, "A", b"v5", 11)
+    survivors = reconcile((*others, new, later))
+    assert {version.value for version in survivors} == {b"v2", b"v3", b"v4", b"v5"}
+    assert obsoletes(later, seen), "what the writer did see, it may supersede"
+
+
+def test_dots_never_repeat_after_the_key_is_forgotten_given_a_growing_floor() -> None:
+    # Tombstone collection forgets the key: local is empty again. Without a floor, the next
+    # put would mint (A,1), a dot old contexts already cover; with the node's WAL sequence as
+    # the floor it mints a dot above every one A made before.
+    old_context = clock({"A": 3})
+    forgotten = next_version((), VectorClock.empty(), "A", b"new", 10)
+    assert old_context.covers(forgotten.dot), "the bug the floor prevents"
+    fresh = next_version((), VectorClock.empty(), "A", b"new", 10, counter_floor=57)
+    assert fresh.dot == Dot("A", 58)
+    assert not old_context.covers(fresh.dot)

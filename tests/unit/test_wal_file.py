@@ -18,12 +18,14 @@ import pytest
 
 from distlab.common.wal import RECORD_HEADER_BYTES, Record, encode_record
 from distlab.common.wal_file import (
+    SEGMENT_BYTES_MIN,
     FsyncPolicy,
     WalClosedError,
     WalCorruptionError,
     WalFailedError,
     WalOptions,
     WriteAheadLog,
+    cut_to_durable,
     segment_name,
 )
 
@@ -575,3 +577,43 @@ def test_recovery_verifies_frames_written_by_the_codec(log_directory: Path) -> N
     (log_directory / segment_name(1)).write_bytes(b"".join(frames))
 
     assert [record.sequence for record in reopen(log_directory)] == [1, 2, 3]
+
+
+# ----------------------------------------------------------------------------- the chaos ledger
+
+
+def test_cut_to_durable_keeps_exactly_the_fsynced_records(log_directory: Path) -> None:
+    # fsync NEVER with small segments: each rotation fsyncs the old segment, the tail is never
+    # fsynced; a machine crash keeps the rotated segments and loses the tail.
+    options = WalOptions(
+        fsync_policy=FsyncPolicy.NEVER, segment_bytes_max=SEGMENT_BYTES_MIN, durable_ledger=True
+    )
+    log, _ = WriteAheadLog.open(log_directory, options)
+    records = append_records(log, 40)
+    durable = log.durable_sequence
+    assert 0 < durable < 40, "the test needs rotated (fsynced) segments and an unsynced tail"
+    os.close(log._active_descriptor)  # a kill -9: no close(), so no final sync
+    log._active_descriptor = -1
+
+    cut = cut_to_durable(log_directory)
+
+    assert sum(cut.values()) > 0
+    assert reopen(log_directory, options) == records[:durable]
+
+
+def test_cut_to_durable_cuts_nothing_when_every_append_was_fsynced(log_directory: Path) -> None:
+    options = WalOptions(segment_bytes_max=SEGMENT_BYTES_MIN, durable_ledger=True)
+    log, _ = WriteAheadLog.open(log_directory, options)
+    records = append_records(log, 25)
+    os.close(log._active_descriptor)
+    log._active_descriptor = -1
+
+    assert cut_to_durable(log_directory) == {}
+    assert reopen(log_directory, options) == records
+
+
+def test_cut_to_durable_needs_a_ledger(log_directory: Path) -> None:
+    log, _ = WriteAheadLog.open(log_directory, WalOptions())
+    log.close()
+    with pytest.raises(FileNotFoundError):
+        cut_to_durable(log_directory)

@@ -62,7 +62,9 @@ holding both locks. When both are needed, ``_sync_lock`` is taken first.
 The chaos hook: ``durable_lengths()`` gives, per segment, the byte length covered by the last
 successful fsync, so a harness can cut files back to it and simulate a machine crash (in the
 spirit of ALICE, Pillai et al., "All File Systems Are Not Created Equal", OSDI 2014, which builds
-crash states from the writes that reached the disk). ``fsync`` can be injected, to count fsyncs
+crash states from the writes that reached the disk). With ``WalOptions.durable_ledger`` the log
+keeps those lengths in a file beside it, and ``cut_to_durable`` applies them to a killed node's
+files. ``fsync`` can be injected, to count fsyncs
 or to make one fail with EIO (the chaos matrix, row 17).
 
 What it leaves out: preallocating segments (etcd preallocates 64 MB so that an fsync need not
@@ -74,6 +76,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import json
 import os
 import re
 import threading
@@ -139,6 +142,10 @@ class WalOptions:
     fsync_policy: FsyncPolicy = FsyncPolicy.ALWAYS
     segment_bytes_max: int = SEGMENT_BYTES_DEFAULT
     fsync_interval_ms: int = FSYNC_INTERVAL_MS_DEFAULT
+    # Chaos mode: keep ``durable_lengths()`` in a ledger file beside the log, rewritten before
+    # each fsync is acknowledged, so that after a kill the harness can cut the files back to
+    # what a machine crash would have left (``cut_to_durable``).
+    durable_ledger: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.fsync_policy, FsyncPolicy):
@@ -255,6 +262,7 @@ class WriteAheadLog:
             self._segments.append((next_sequence, self._active_path))
             self._durable_lengths[self._active_path] = 0
         _fsync_directory(self._directory, self._fsync)
+        self._write_ledger_locked()
         self._active_bytes = self._durable_lengths[self._active_path]
         self._last_sequence = next_sequence - 1
         self._durable_sequence = next_sequence - 1
@@ -315,6 +323,7 @@ class WriteAheadLog:
             with self._lock:
                 self._raise_if_failed_locked()
                 self._durable_lengths[path] = max(self._durable_lengths[path], length)
+                self._write_ledger_locked()
                 self._publish_durable_locked(covered_sequence)
                 return self._durable_sequence
 
@@ -414,6 +423,7 @@ class WriteAheadLog:
                 del self._segments[: len(deleted)]
                 for path in deleted:
                     del self._durable_lengths[path]
+                self._write_ledger_locked()
             # Unlinking needs no write lock: writers only touch the active segment.
             try:
                 for path in deleted:
@@ -505,6 +515,7 @@ class WriteAheadLog:
         try:
             self._fsync_counted(self._active_descriptor)
             self._durable_lengths[self._active_path] = self._active_bytes
+            self._write_ledger_locked()
             self._publish_durable_locked(self._last_sequence)
             os.close(self._active_descriptor)
             self._active_descriptor = -1
@@ -516,6 +527,17 @@ class WriteAheadLog:
         self._durable_lengths[path] = 0
         self._active_path = path
         self._active_bytes = 0
+        self._write_ledger_locked()
+
+    def _write_ledger_locked(self) -> None:
+        if not self._options.durable_ledger:
+            return
+        ledger = {path.name: length for path, length in self._durable_lengths.items()}
+        # Not fsynced: the ledger only has to outlive a killed process, whose page cache the
+        # kernel keeps; the harness itself plays the machine crash.
+        temporary = _ledger_path(self._directory).with_suffix(".tmp")
+        temporary.write_text(json.dumps(ledger, sort_keys=True))
+        os.replace(temporary, _ledger_path(self._directory))
 
     def _publish_durable_locked(self, sequence: int) -> None:
         if sequence > self._durable_sequence:
@@ -552,6 +574,33 @@ class WriteAheadLog:
                 self.sync()
             except WalFailedError:
                 return  # poisoned: every later call raises, nothing is left to do
+
+
+# --------------------------------------------------------------------------------- chaos
+
+
+def _ledger_path(directory: Path) -> Path:
+    return directory.with_name(directory.name + ".durable.json")
+
+
+def cut_to_durable(directory: str | os.PathLike[str]) -> dict[str, int]:
+    """Play a machine crash on a killed node's log: cut every segment back to the length its
+    last fsync covered, as recorded in the ledger (``WalOptions.durable_ledger``). A segment the
+    ledger does not know was created after its last update, so nothing in it was durable.
+
+    Returns the bytes cut per segment name (only those that lost some). Call it only while no
+    process has the log open. Raises FileNotFoundError when the log kept no ledger.
+    """
+    path = Path(directory)
+    ledger = json.loads(_ledger_path(path).read_text())
+    cut: dict[str, int] = {}
+    for _, segment in _list_segments(path):
+        durable_bytes = int(ledger.get(segment.name, 0))
+        size = segment.stat().st_size
+        if size > durable_bytes:
+            os.truncate(segment, durable_bytes)
+            cut[segment.name] = size - durable_bytes
+    return cut
 
 
 # --------------------------------------------------------------------------------- recovery

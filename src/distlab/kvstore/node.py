@@ -40,7 +40,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +86,7 @@ from distlab.kvstore.versioning import (
     encode_siblings,
     last_writer_wins,
     read_context,
+    write_context,
 )
 from distlab.proto import kvstore_pb2
 
@@ -138,6 +139,16 @@ class KvNodeOptions:
     storage: StorageOptions = field(default_factory=StorageOptions)
     seed: int | None = None  # for the gossip and anti-entropy choices; None: from the clock
     allow_fault_injection: bool = False  # serve SetBlockedPeers (tests and the chaos harness)
+    # Peer address -> address to dial instead (the chaos harness's proxies); empty: direct.
+    peer_routes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    context: bytes  # for the writer's next put (versioning.write_context)
+    dot_node_id: str  # the new version's dot
+    dot_counter: int
+    trace: dict[str, Any] | None
 
 
 @dataclass
@@ -162,7 +173,7 @@ class KvNode:
         self.replica = LocalReplica(
             self.engine, self.node_id, last_writer_wins=options.last_writer_wins
         )
-        self.peers = Peers(limits)
+        self.peers = Peers(limits, routes=options.peer_routes)
         self.rng = random.Random(options.seed if options.seed is not None else time.time_ns())
         self.ring = HashRing(options.vnodes_per_node)
         self.counters = NodeCounters()
@@ -287,8 +298,8 @@ class KvNode:
         want_trace: bool,
         forwarded: bool,
         deadline_s: float,
-    ) -> tuple[bytes, dict[str, Any] | None]:
-        """Coordinate a put (value) or delete (None); returns the new context and a trace."""
+    ) -> WriteOutcome:
+        """Coordinate a put (value) or delete (None): the new context, dot and trace."""
         context = _decode_client_context(context_bytes)
         config = self._quorum(r=0, w=w)
         walk = self._walk(key)
@@ -347,7 +358,12 @@ class KvNode:
                 tracker.on_deadline(_elapsed_ms(started))
         trace = _trace_dict(tracker.trace(), hints_sent=hints_sent) if want_trace else None
         if tracker.outcome is Outcome.SUCCEEDED:
-            return encode_context(version.history()), trace
+            return WriteOutcome(
+                encode_context(write_context(version, merged)),
+                version.dot.node_id,
+                version.dot.counter,
+                trace,
+            )
         raise DistlabError(tracker.failure_kind(), tracker.failure_message())
 
     async def _replicate(
@@ -386,7 +402,7 @@ class KvNode:
         w: int,
         want_trace: bool,
         deadline_s: float,
-    ) -> tuple[bytes, dict[str, Any] | None]:
+    ) -> WriteOutcome:
         """Dynamo 4.5: a node that is not in the key's top N forwards the write to one that is."""
         self.counters.forwarded += 1
         stub = self.peers.key_value(self._address(coordinator))
@@ -413,7 +429,7 @@ class KvNode:
         trace = _decode_trace(response.trace_json)
         if trace is not None:
             trace["forwarded_by"] = self.node_id
-        return response.context, trace
+        return WriteOutcome(response.context, response.dot.node_id, response.dot.counter, trace)
 
     # ------------------------------------------------------------------ coordinating a read
 

@@ -6,10 +6,12 @@ Every call a node makes to a peer goes through here with a deadline; a failure c
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import grpc
 import grpc.aio
 
-from distlab.chaos.rpc_faults import CutLinkInterceptor, LinkFaults
+from distlab.chaos.rpc_faults import LinkFaultInterceptor, LinkFaults
 from distlab.common.limits import Limits
 from distlab.proto import kvstore_pb2_grpc
 
@@ -20,9 +22,17 @@ RECONNECT_BACKOFF_MS_MAX = 1000
 
 
 class Peers:
-    def __init__(self, limits: Limits, faults: LinkFaults | None = None) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        faults: LinkFaults | None = None,
+        routes: Mapping[str, str] | None = None,
+    ) -> None:
         self._limits = limits
         self.faults = faults or LinkFaults()
+        # Peer address -> the address actually dialled. The chaos harness routes every link
+        # through its own TCP proxy; peers still know each other by their real addresses.
+        self._routes = dict(routes or {})
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._replica_stubs: dict[str, kvstore_pb2_grpc.ReplicaAsyncStub] = {}
         self._client_stubs: dict[str, kvstore_pb2_grpc.KeyValueAsyncStub] = {}
@@ -32,14 +42,14 @@ class Peers:
         if channel is None:
             size = self._limits.message_bytes_max
             channel = grpc.aio.insecure_channel(
-                address,
+                self._routes.get(address, address),
                 options=[
                     ("grpc.max_receive_message_length", size),
                     ("grpc.max_send_message_length", size),
                     ("grpc.initial_reconnect_backoff_ms", 100),
                     ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS_MAX),
                 ],
-                interceptors=[CutLinkInterceptor(self.faults, address)],
+                interceptors=[LinkFaultInterceptor(self.faults, address)],
             )
             self._channels[address] = channel
         return channel

@@ -104,7 +104,14 @@ class LocalReplica:
         async with self.locks.hold(key):
             local = self.read(key)
             version = next_version(
-                local, context, self.node_id, value, now_wall_ms, clock_entries_max
+                local,
+                context,
+                self.node_id,
+                value,
+                now_wall_ms,
+                clock_entries_max,
+                # Dots must not repeat after the key is forgotten: see next_version.
+                counter_floor=self.engine.last_sequence,
             )
             outcome = await self._merge_locked(key, (version,))
             return version, outcome.siblings

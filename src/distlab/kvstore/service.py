@@ -19,7 +19,10 @@ from typing import Any, TypeVar
 
 import grpc.aio
 
+from distlab.chaos import injection
+from distlab.chaos.injection import FaultInjectionServicer
 from distlab.common import errors
+from distlab.common.clock import SystemClock
 from distlab.common.errors import DistlabError, invalid_argument
 from distlab.common.group_commit import TooManyPendingAppendsError
 from distlab.common.limits import Limits
@@ -29,7 +32,7 @@ from distlab.common.rpc import abort_on_error
 from distlab.common.server import ServerOptions, run_server
 from distlab.common.wal_file import WalFailedError
 from distlab.kvstore import codec
-from distlab.kvstore.node import FORWARDED_METADATA_KEY, KvNode, KvNodeOptions
+from distlab.kvstore.node import FORWARDED_METADATA_KEY, KvNode, KvNodeOptions, WriteOutcome
 from distlab.kvstore.storage import StorageClosedError
 from distlab.kvstore.versioning import TooManySiblingsError
 from distlab.proto import kvstore_pb2, kvstore_pb2_grpc
@@ -66,7 +69,7 @@ class KeyValueServicer(kvstore_pb2_grpc.KeyValueServicer):
     ) -> kvstore_pb2.PutResponse:
         self.limits.check_key(request.key)
         self.limits.check_value(request.value)
-        new_context, trace = await _storage_call(
+        outcome = await _storage_call(
             self.node.write(
                 request.key,
                 request.value,
@@ -78,7 +81,9 @@ class KeyValueServicer(kvstore_pb2_grpc.KeyValueServicer):
             ),
             self.stop,
         )
-        return kvstore_pb2.PutResponse(context=new_context, trace_json=_json(trace))
+        return kvstore_pb2.PutResponse(
+            context=outcome.context, trace_json=_json(outcome.trace), dot=_dot(outcome)
+        )
 
     @abort_on_error
     async def Get(
@@ -105,7 +110,7 @@ class KeyValueServicer(kvstore_pb2_grpc.KeyValueServicer):
         self, request: kvstore_pb2.DeleteRequest, context: Context
     ) -> kvstore_pb2.DeleteResponse:
         self.limits.check_key(request.key)
-        new_context, trace = await _storage_call(
+        outcome = await _storage_call(
             self.node.write(
                 request.key,
                 None,
@@ -117,7 +122,9 @@ class KeyValueServicer(kvstore_pb2_grpc.KeyValueServicer):
             ),
             self.stop,
         )
-        return kvstore_pb2.DeleteResponse(context=new_context, trace_json=_json(trace))
+        return kvstore_pb2.DeleteResponse(
+            context=outcome.context, trace_json=_json(outcome.trace), dot=_dot(outcome)
+        )
 
     @abort_on_error
     async def Ring(
@@ -239,6 +246,10 @@ async def _storage_call(call: Awaitable[ResultT], stop: asyncio.Event) -> Result
         ) from error
 
 
+def _dot(outcome: WriteOutcome) -> kvstore_pb2.VersionDot:
+    return kvstore_pb2.VersionDot(node_id=outcome.dot_node_id, counter=outcome.dot_counter)
+
+
 def _json(trace: dict[str, Any] | None) -> str:
     return json.dumps(trace, default=str) if trace is not None else ""
 
@@ -253,7 +264,11 @@ class NodeConfig:
 async def run_node(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
     """Recover storage, serve KeyValue and Replica, join the cluster; stop cleanly."""
     stop = stop or asyncio.Event()
-    node = KvNode(config.node, config.server.limits)
+    clock = SystemClock()
+    node = KvNode(config.node, config.server.limits, clock)
+    fault_injection = FaultInjectionServicer(
+        config.node.allow_fault_injection, clock, node.peers.faults
+    )
     log_event(
         logger, "recovered", data_dir=str(config.node.data_dir), **node.engine.recovery_fields()
     )
@@ -268,8 +283,11 @@ async def run_node(config: NodeConfig, stop: asyncio.Event | None = None) -> Non
             ReplicaServicer(node, config.server.limits, stop), server
         )
         return [
-            kvstore_pb2.DESCRIPTOR.services_by_name[name].full_name
-            for name in ("KeyValue", "Replica")
+            *(
+                kvstore_pb2.DESCRIPTOR.services_by_name[name].full_name
+                for name in ("KeyValue", "Replica")
+            ),
+            injection.register(server, fault_injection),
         ]
 
     async def on_serving(port: int) -> None:

@@ -462,6 +462,12 @@ class StorageEngine:
         with self._lock:
             return self._memtable.collect_tombstones(min(through_sequence, self._applied_through))
 
+    @property
+    def last_sequence(self) -> int:
+        """The sequence of the last write: grows with every write and across restarts (what
+        fsync made durable of it), so it can number events that must never repeat."""
+        return self._wal.last_sequence
+
     def stats(self) -> StorageStats:
         wal_segments = len(self._wal.segment_paths())  # the WAL's own lock: not under ours
         with self._lock:

@@ -413,6 +413,7 @@ def next_version(
     value: bytes | None,
     now_wall_ms: int,
     clock_entries_max: int = CLOCK_ENTRIES_MAX_DEFAULT,
+    counter_floor: int = 0,
 ) -> Version:
     """The version a put (``value``) or delete (None) coordinated by ``coordinator_id`` makes
     (Dynamo 4.5: "the coordinator generates the vector clock for the new version and writes
@@ -426,10 +427,18 @@ def next_version(
     replicating (then duty 3: replicate the whole merged set). The new version's context is the
     client's, pruned to ``clock_entries_max`` entries.
 
+    The counter is also above ``counter_floor``. Once a key is forgotten entirely (tombstone
+    collection), ``local`` no longer remembers the coordinator's counters for it, and a put
+    from an empty context would mint (A,1) again, a dot that old contexts still in clients'
+    hands, and tombstones not yet collected on other replicas, already cover: the new write
+    would be obsolete on arrival, acknowledged and lost. (The chaos harness found this.) A
+    floor that only grows, such as the node's WAL sequence, makes every dot the node mints
+    new, the role Riak's per-vnode counters play.
+
     Raises ``TooManySiblingsError`` if the key would hold more than SIBLINGS_MAX siblings.
     """
     local_versions = tuple(local)
-    counter = context.get(coordinator_id)
+    counter = max(context.get(coordinator_id), counter_floor)
     for version in local_versions:
         if version.dot.node_id == coordinator_id:
             counter = max(counter, version.dot.counter)
@@ -447,6 +456,27 @@ def next_version(
             "read the key and put with its context to merge them"
         )
     return new
+
+
+def write_context(version: Version, siblings: Iterable[Version]) -> VectorClock:
+    """The context a put hands back to its writer: what the writer has seen, and no more.
+
+    That is the version's context plus its dot, and the vector of the two, the version's
+    history, says so unless it claims more. {A:8} from context {A:4} and dot (A,8) claims
+    (A,5) to (A,7) too. That matters only if one of them is a live version of this key: A
+    minted it, so it is in A's sibling set, ``siblings`` (the set the new version joined), or
+    was already obsoleted there. When such a sibling exists the writer never saw it, and a
+    later put from {A:8} would silently supersede it (the chaos checker found this as stale
+    reads); the context alone is returned then: a later put from it keeps this version as a
+    sibling, which is safe, and the next read shows the writer both.
+    """
+    dot = version.dot
+    low = version.context.get(dot.node_id)
+    for sibling in siblings:
+        other = sibling.dot
+        if other.node_id == dot.node_id and low < other.counter < dot.counter:
+            return version.context
+    return version.history()
 
 
 def last_writer_wins(versions: Iterable[Version]) -> tuple[Version, int]:
@@ -722,4 +752,5 @@ __all__ = [
     "obsoletes",
     "read_context",
     "reconcile",
+    "write_context",
 ]

@@ -57,24 +57,59 @@ class PutRequest(_message.Message):
 Global___PutRequest: _TypeAlias = PutRequest  # noqa: Y015
 
 @_typing.final
+class VersionDot(_message.Message):
+    """The event that made a version: the counter-th write its coordinator minted
+    for the key (a dotted version vector's dot).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    COUNTER_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    counter: _builtins.int
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        counter: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counter", b"counter", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VersionDot: _TypeAlias = VersionDot  # noqa: Y015
+
+@_typing.final
 class PutResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTEXT_FIELD_NUMBER: _builtins.int
     TRACE_JSON_FIELD_NUMBER: _builtins.int
+    DOT_FIELD_NUMBER: _builtins.int
     context: _builtins.bytes
-    """the new version's causal context"""
+    """What the writer has now seen: the request's context plus the new version,
+    when a version vector can say exactly that; otherwise the request's context
+    (see distlab.kvstore.versioning.write_context).
+    """
     trace_json: _builtins.str
     """set when the request asked for a trace"""
+    @_builtins.property
+    def dot(self) -> Global___VersionDot:
+        """the new version's dot"""
+
     def __init__(
         self,
         *,
         context: _builtins.bytes = ...,
         trace_json: _builtins.str = ...,
+        dot: Global___VersionDot | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dot", b"dot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "trace_json", b"trace_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "dot", b"dot", "trace_json", b"trace_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -188,17 +223,23 @@ class DeleteResponse(_message.Message):
 
     CONTEXT_FIELD_NUMBER: _builtins.int
     TRACE_JSON_FIELD_NUMBER: _builtins.int
+    DOT_FIELD_NUMBER: _builtins.int
     context: _builtins.bytes
     trace_json: _builtins.str
+    @_builtins.property
+    def dot(self) -> Global___VersionDot:
+        """the tombstone's dot"""
+
     def __init__(
         self,
         *,
         context: _builtins.bytes = ...,
         trace_json: _builtins.str = ...,
+        dot: Global___VersionDot | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dot", b"dot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "trace_json", b"trace_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "dot", b"dot", "trace_json", b"trace_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

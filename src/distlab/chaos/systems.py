@@ -1,0 +1,168 @@
+"""The systems the chaos harness can test, each a plug-in of four parts.
+
+A system tells the harness (``distlab.chaos.runner``) how to start its nodes
+(``node_arguments``), runs its workload against them (``run_workload``), makes its final
+observations once every fault is healed (``finish``) and judges the history (``check``). This
+is Maelstrom's split of a workload into a client contract and a checker. The key-value store is
+the first; the cache, the queue and the job scheduler plug in the same way when they are built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from distlab.chaos.checkers import CheckResult
+from distlab.chaos.cluster import ChaosCluster
+from distlab.chaos.history import HistoryRecorder, Op
+
+ProgressCallback = Callable[[], None]
+
+
+@dataclass(frozen=True, slots=True)
+class SystemConfig:
+    """What the user chose for the system under test (the run's ``--replicas`` and so on)."""
+
+    nodes: int = 3
+    replicas: int = 3
+    r: int = 2
+    w: int = 2
+    strict_quorum: bool = True
+    fsync: str = "always"
+    node_args: tuple[str, ...] = ()  # passed to every node as they are
+    require: tuple[str, ...] = ()
+    informative: tuple[str, ...] = ()
+    rate: float = 100.0
+    concurrency: int = 10
+    converge_wait_s: float = 10.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ChaosSystem(Protocol):
+    name: str
+
+    def node_arguments(self, config: SystemConfig, seed: int, index: int) -> list[str]: ...
+
+    async def run_workload(
+        self,
+        cluster: ChaosCluster,
+        recorder: HistoryRecorder,
+        now_ns: Callable[[], int],
+        config: SystemConfig,
+        duration_s: float,
+        seed: int,
+        progress: ProgressCallback,
+    ) -> None: ...
+
+    async def finish(
+        self,
+        cluster: ChaosCluster,
+        recorder: HistoryRecorder,
+        now_ns: Callable[[], int],
+        config: SystemConfig,
+    ) -> dict[str, Any]: ...
+
+    def check(self, ops: Sequence[Op], config: SystemConfig) -> list[CheckResult]: ...
+
+
+class KvSystem:
+    """The Dynamo-style store (``distlab.kvstore``)."""
+
+    name = "kv"
+
+    def __init__(self) -> None:
+        self._workload: Any = None
+
+    def node_arguments(self, config: SystemConfig, seed: int, index: int) -> list[str]:
+        arguments = [
+            "--replicas", str(config.replicas),
+            "--r", str(config.r),
+            "--w", str(config.w),
+            "--fsync", config.fsync,
+            "--rng-seed", str(seed * 1000 + index),
+            # Fast gossip and failure detection, so a run of seconds sees faults and recovery.
+            "--gossip-interval-ms", "100",
+            "--failure-timeout-ms", "1500",
+            "--anti-entropy-interval-ms", "1000",
+        ]  # fmt: skip
+        if config.strict_quorum:
+            arguments.append("--strict-quorum")
+        return [*arguments, *config.node_args]
+
+    async def run_workload(
+        self,
+        cluster: ChaosCluster,
+        recorder: HistoryRecorder,
+        now_ns: Callable[[], int],
+        config: SystemConfig,
+        duration_s: float,
+        seed: int,
+        progress: ProgressCallback,
+    ) -> None:
+        from distlab.kvstore.workload import KvWorkload, KvWorkloadOptions
+
+        options = KvWorkloadOptions(
+            duration_s=duration_s,
+            rate=config.rate,
+            concurrency=config.concurrency,
+            seed=seed,
+            **config.extra.get("workload", {}),
+        )
+        self._workload = KvWorkload(cluster.client_addresses(), recorder, now_ns, options)
+        await self._workload.run(progress)
+
+    async def finish(
+        self,
+        cluster: ChaosCluster,
+        recorder: HistoryRecorder,
+        now_ns: Callable[[], int],
+        config: SystemConfig,
+    ) -> dict[str, Any]:
+        from distlab.kvstore.workload import observe_replicas
+
+        workload = self._workload
+        if workload is None:
+            return {}
+        try:
+            unread = await workload.final_reads(config.replicas)
+            diverged = await observe_replicas(
+                {name: cluster.address(name) for name in cluster.names},
+                sorted(workload.keys),
+                config.replicas,
+                recorder,
+                now_ns,
+                wait_s=config.converge_wait_s,
+            )
+        finally:
+            await workload.close()
+        return {"keys": len(workload.keys), "unread_keys": unread, "diverged_keys": diverged}
+
+    def check(self, ops: Sequence[Op], config: SystemConfig) -> list[CheckResult]:
+        from distlab.kvstore.checker import KvCheckConfig, check
+
+        return check(
+            ops,
+            KvCheckConfig(
+                replicas=config.replicas,
+                r=config.r,
+                w=config.w,
+                strict_quorum=config.strict_quorum,
+                require=frozenset(config.require),
+                informative=frozenset(config.informative),
+                tombstone_grace_ms=_flag_value(config.node_args, "--tombstone-grace-ms"),
+            ),
+        )
+
+
+def _flag_value(arguments: Sequence[str], flag: str) -> int | None:
+    """The integer after ``flag`` (or in ``flag=N``) among node arguments, if given."""
+    for index, argument in enumerate(arguments):
+        if argument == flag and index + 1 < len(arguments):
+            return int(arguments[index + 1])
+        if argument.startswith(flag + "="):
+            return int(argument.split("=", 1)[1])
+    return None
+
+
+SYSTEMS: dict[str, Callable[[], ChaosSystem]] = {"kv": KvSystem}

@@ -1,0 +1,101 @@
+"""Helpers for the chaos tier: run a short chaos run in-process and read its results."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from distlab.chaos.nemesis import (
+    Fault,
+    FaultKind,
+    Partition,
+    PartitionShape,
+    Schedule,
+    partition,
+)
+from distlab.chaos.runner import RunConfig, RunOutcome, run
+from distlab.chaos.systems import SystemConfig
+
+
+def names(count: int) -> list[str]:
+    return [f"n{index + 1}" for index in range(count)]
+
+
+def scripted(duration_s: float, nodes: int, faults: Sequence[Fault], seed: int = 0) -> Schedule:
+    return Schedule(
+        seed=seed, duration_s=duration_s, nodes=tuple(names(nodes)), faults=tuple(faults)
+    )
+
+
+def isolate(node: str, nodes: int, start_s: float, end_s: float) -> Fault:
+    """Cut ``node`` off from the other nodes (clients still reach every node)."""
+    others = [name for name in names(nodes) if name != node]
+    cuts = frozenset({*((node, other) for other in others), *((other, node) for other in others)})
+    shape = Partition(PartitionShape.ONE, cuts, f"one: {{{node}}} | {{{', '.join(others)}}}")
+    return Fault(FaultKind.PARTITION, start_s, end_s, (node,), partition=shape)
+
+
+def halves(nodes: int, start_s: float, end_s: float, seed: int = 0) -> Fault:
+    shape = partition(PartitionShape.HALVES, names(nodes), random.Random(seed))
+    return Fault(FaultKind.PARTITION, start_s, end_s, tuple(names(nodes)), partition=shape)
+
+
+def kill(node: str, start_s: float, end_s: float) -> Fault:
+    return Fault(FaultKind.KILL, start_s, end_s, (node,))
+
+
+def crash(nodes: Sequence[str], start_s: float, end_s: float) -> Fault:
+    return Fault(FaultKind.DISK, start_s, end_s, tuple(nodes))
+
+
+def clock(offsets: dict[str, int], start_s: float, end_s: float) -> Fault:
+    return Fault(
+        FaultKind.CLOCK, start_s, end_s, tuple(offsets), clock_offsets_ms=tuple(offsets.items())
+    )
+
+
+def chaos_run(
+    out: Path,
+    schedule: Schedule | None = None,
+    *,
+    seed: int = 1,
+    duration_s: float = 10.0,
+    faults: Sequence[str] = ("partition", "kill", "pause"),
+    workload: dict[str, Any] | None = None,
+    **system: Any,
+) -> RunOutcome:
+    nodes = schedule.nodes if schedule is not None else names(system.get("nodes", 3))
+    system.setdefault("nodes", len(nodes))
+    system.setdefault("rate", 50.0)
+    system.setdefault("converge_wait_s", 6.0)
+    system["node_args"] = tuple(system.get("node_args", ()))
+    system["require"] = tuple(system.get("require", ()))
+    config = RunConfig(
+        duration_s=duration_s,
+        seed=seed,
+        faults=tuple(faults),
+        interval_s=4.0,
+        fault_s=(1.5, 3.0),
+        system_config=SystemConfig(extra={"workload": workload or {}}, **system),
+    )
+    outcome = asyncio.run(run(config, out, schedule=schedule, progress_stream=None))
+    print("\n".join(summary(outcome)))  # shown by pytest when the test fails
+    return outcome
+
+
+def summary(outcome: RunOutcome) -> list[str]:
+    from distlab.chaos.runner import summary_lines
+
+    return summary_lines(outcome)
+
+
+def check(outcome: RunOutcome, name: str) -> dict[str, Any]:
+    result: dict[str, Any] = outcome.results["checks"][name]
+    return result
+
+
+def anomaly_kinds(outcome: RunOutcome, check_name: str) -> set[str]:
+    return {a["kind"] for a in outcome.results["anomalies"] if a["check"] == check_name}
