@@ -38,9 +38,15 @@ def isolate(node: str, nodes: int, start_s: float, end_s: float) -> Fault:
     return Fault(FaultKind.PARTITION, start_s, end_s, (node,), partition=shape)
 
 
+def partition_fault(
+    shape: PartitionShape, nodes: int, start_s: float, end_s: float, seed: int = 0
+) -> Fault:
+    cut = partition(shape, names(nodes), random.Random(seed))
+    return Fault(FaultKind.PARTITION, start_s, end_s, tuple(names(nodes)), partition=cut)
+
+
 def halves(nodes: int, start_s: float, end_s: float, seed: int = 0) -> Fault:
-    shape = partition(PartitionShape.HALVES, names(nodes), random.Random(seed))
-    return Fault(FaultKind.PARTITION, start_s, end_s, tuple(names(nodes)), partition=shape)
+    return partition_fault(PartitionShape.HALVES, nodes, start_s, end_s, seed)
 
 
 def kill(node: str, start_s: float, end_s: float) -> Fault:
@@ -64,6 +70,8 @@ def chaos_run(
     seed: int = 1,
     duration_s: float = 10.0,
     faults: Sequence[str] = ("partition", "kill", "pause"),
+    interval_s: float = 4.0,
+    fault_s: tuple[float, float] = (1.5, 3.0),
     workload: dict[str, Any] | None = None,
     **system: Any,
 ) -> RunOutcome:
@@ -77,8 +85,8 @@ def chaos_run(
         duration_s=duration_s,
         seed=seed,
         faults=tuple(faults),
-        interval_s=4.0,
-        fault_s=(1.5, 3.0),
+        interval_s=interval_s,
+        fault_s=fault_s,
         system_config=SystemConfig(extra={"workload": workload or {}}, **system),
     )
     outcome = asyncio.run(run(config, out, schedule=schedule, progress_stream=None))

@@ -9,8 +9,10 @@ or it proves nothing.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from distlab.chaos.checkers import CheckVerdict
+from distlab.chaos.nemesis import PartitionShape
 from tests.chaos.harness import (
     anomaly_kinds,
     chaos_run,
@@ -20,6 +22,7 @@ from tests.chaos.harness import (
     halves,
     isolate,
     kill,
+    partition_fault,
     scripted,
 )
 
@@ -85,7 +88,7 @@ def test_switch_strict_quorum(tmp_path: Path) -> None:
     # 5 nodes split 3|2: a sloppy quorum acknowledges writes on fallbacks across the cut, which
     # readers on the other side do not ask.
     schedule = scripted(10.0, 5, [halves(5, 2.0, 8.0)])
-    common = {"require": ["stale-reads"], "workload": {"delete_fraction": 0.0}}
+    common: dict[str, Any] = {"require": ["stale-reads"], "workload": {"delete_fraction": 0.0}}
 
     sloppy = chaos_run(tmp_path / "sloppy", schedule, strict_quorum=False, **common)
     strict = chaos_run(tmp_path / "strict", schedule, strict_quorum=True, **common)
@@ -128,7 +131,7 @@ def test_switch_hinted_handoff(tmp_path: Path) -> None:
     # hint. Only handoff brings those writes to the owner (read repair and anti-entropy off).
     schedule = scripted(8.0, 3, [kill("n2", 1.5, 5.0)])
     quiet = ["--no-read-repair", "--anti-entropy-interval-ms", "0"]
-    common = {"replicas": 2, "r": 1, "w": 2, "strict_quorum": False}
+    common: dict[str, Any] = {"replicas": 2, "r": 1, "w": 2, "strict_quorum": False}
 
     off = chaos_run(tmp_path / "off", schedule, node_args=[*quiet, "--no-hinted-handoff"], **common)
     on = chaos_run(tmp_path / "on", schedule, node_args=quiet, **common)
@@ -154,3 +157,25 @@ def test_switch_tombstone_gc_interlock(tmp_path: Path) -> None:
     assert "resurrected" in anomaly_kinds(off, "lost-writes")
     assert off.verdict is CheckVerdict.INVALID
     assert on.verdict is CheckVerdict.VALID
+
+
+def test_sloppy_quorum_keeps_every_write_through_bridge_and_majority_ring_partitions(
+    tmp_path: Path,
+) -> None:
+    # The chaos matrix, row 2: five nodes, sloppy quorum with hinted handoff. Stale reads are
+    # allowed (and counted); lost writes are not, and the hints must drain after the heal.
+    schedule = scripted(
+        12.0,
+        5,
+        [
+            partition_fault(PartitionShape.BRIDGE, 5, 1.0, 4.5, seed=1),
+            partition_fault(PartitionShape.MAJORITIES_RING, 5, 6.0, 9.5, seed=2),
+        ],
+    )
+
+    outcome = chaos_run(tmp_path, schedule, strict_quorum=False)
+
+    assert not check(outcome, "stale-reads")["required"]
+    assert check(outcome, "lost-writes")["verdict"] == "valid"
+    assert check(outcome, "convergence")["verdict"] == "valid"
+    assert outcome.verdict is CheckVerdict.VALID
