@@ -63,6 +63,18 @@ def clock(offsets: dict[str, int], start_s: float, end_s: float) -> Fault:
     )
 
 
+def gray(node: str, action: str, start_s: float, end_s: float, delay_ms: int = 0) -> Fault:
+    return Fault(
+        FaultKind.GRAY,
+        start_s,
+        end_s,
+        (node,),
+        delay_ms=delay_ms,
+        rpc_action=action,
+        rpc_probability=1.0,
+    )
+
+
 def chaos_run(
     out: Path,
     schedule: Schedule | None = None,

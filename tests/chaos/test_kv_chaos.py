@@ -19,6 +19,7 @@ from tests.chaos.harness import (
     check,
     clock,
     crash,
+    gray,
     halves,
     isolate,
     kill,
@@ -31,7 +32,7 @@ def test_strict_quorum_loses_no_acknowledged_write_under_partitions_kills_and_pa
     tmp_path: Path,
 ) -> None:
     outcome = chaos_run(
-        tmp_path, seed=7, duration_s=16.0, faults=("partition", "kill", "pause", "disk")
+        tmp_path, seed=7, duration_s=16.0, faults=("partition", "kill", "pause", "disk", "gray")
     )
 
     assert outcome.results["faults"], "the schedule should hold faults"
@@ -178,4 +179,23 @@ def test_sloppy_quorum_keeps_every_write_through_bridge_and_majority_ring_partit
     assert not check(outcome, "stale-reads")["required"]
     assert check(outcome, "lost-writes")["verdict"] == "valid"
     assert check(outcome, "convergence")["verdict"] == "valid"
+    assert outcome.verdict is CheckVerdict.VALID
+
+
+def test_strict_quorum_survives_gray_failures(tmp_path: Path) -> None:
+    # n1 loses the replies of its calls to peers (its writes become indefinite though they land
+    # on the replicas), then n2's calls arrive twice, then n3's are held 300 ms.
+    schedule = scripted(
+        11.0,
+        3,
+        [
+            gray("n1", "drop_reply", 1.0, 4.0),
+            gray("n2", "duplicate", 4.5, 7.0),
+            gray("n3", "delay", 7.5, 9.5, delay_ms=300),
+        ],
+    )
+
+    outcome = chaos_run(tmp_path, schedule)
+
+    assert outcome.results["counts"]["info"] > 0, "lost replies make writes indefinite"
     assert outcome.verdict is CheckVerdict.VALID

@@ -10,7 +10,7 @@ import pytest
 from distlab.chaos.checkers import CheckVerdict
 from tests.chaos.harness import chaos_run, check
 
-ALL_FAULTS = ("partition", "kill", "pause", "clock", "disk", "latency")
+ALL_FAULTS = ("partition", "kill", "pause", "clock", "disk", "latency", "gray")
 
 
 @pytest.mark.slow

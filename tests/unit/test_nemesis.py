@@ -27,6 +27,8 @@ from distlab.chaos.nemesis import (
     CLOCK_OFFSET_MS_MAX_DEFAULT,
     CRASH_ALL_PROBABILITY,
     FAULTS_MAX,
+    GRAY_ACTIONS,
+    GRAY_PROBABILITY_MIN,
     HEALTHY_S_MIN,
     LATENCY_DELAY_MS_MAX,
     LATENCY_DELAY_MS_MIN,
@@ -286,6 +288,11 @@ def check_schedule(
             assert len(fault.nodes) == 1, context
             assert LATENCY_DELAY_MS_MIN <= fault.delay_ms <= LATENCY_DELAY_MS_MAX, context
             assert 0 <= fault.jitter_ms <= fault.delay_ms // 2, context
+        elif fault.kind is FaultKind.GRAY:
+            assert len(fault.nodes) == 1, context
+            assert fault.rpc_action in GRAY_ACTIONS, context
+            assert GRAY_PROBABILITY_MIN <= fault.rpc_probability <= 1.0, context
+            assert (fault.delay_ms > 0) == (fault.rpc_action == "delay"), context
         else:
             assert fault.partition is not None, context
             assert fault.partition.shape in allowed_shapes, context
@@ -730,3 +737,19 @@ def test_values_are_frozen() -> None:
 def test_nemesis_is_pure() -> None:
     """STYLE.md rule 1: the schedule is computed, never executed, here."""
     assert violations(Path(nemesis.__file__).read_text()) == []
+
+
+def test_a_gray_fault_reads_as_what_it_does_and_round_trips() -> None:
+    gray = Fault(FaultKind.GRAY, 1.0, 2.0, ("n2",), rpc_action="drop_reply", rpc_probability=0.5)
+    assert gray.description == "gray n2: drop_reply on 50% of calls to peers"
+    assert Fault.from_json(gray.to_json()) == gray
+    slow = Fault(
+        FaultKind.GRAY, 1.0, 2.0, ("n1",), rpc_action="delay", rpc_probability=1.0, delay_ms=80
+    )
+    assert Fault.from_json(slow.to_json()) == slow
+    with pytest.raises(ValueError, match="rpc_action"):
+        Fault(FaultKind.GRAY, 1.0, 2.0, ("n1",), rpc_action="explode", rpc_probability=1.0)
+    with pytest.raises(ValueError, match="delay_ms"):
+        Fault(FaultKind.GRAY, 1.0, 2.0, ("n1",), rpc_action="delay", rpc_probability=1.0)
+    with pytest.raises(ValueError, match="takes no rpc_action"):
+        Fault(FaultKind.KILL, 1.0, 2.0, ("n1",), rpc_action="fail")

@@ -193,6 +193,17 @@ class ChaosCluster:
 
     # ----------------------------------------------------------------------------- injection
 
+    async def set_rpc_faults(
+        self, name: str, rules: Sequence[chaos_pb2.RpcFaultRule], seed: int = 0
+    ) -> None:
+        """Replace the gray-failure rules of the calls ``name`` makes (empty: heal)."""
+        async with grpc.aio.insecure_channel(self.address(name)) as channel:
+            stub = chaos_pb2_grpc.FaultInjectionStub(channel)
+            await stub.SetRpcFaults(
+                chaos_pb2.SetRpcFaultsRequest(rules=list(rules), seed=seed),
+                timeout=CONTROL_CALL_TIMEOUT_S,
+            )
+
     async def set_clock_offset(self, name: str, offset_ms: int) -> None:
         async with grpc.aio.insecure_channel(self.address(name)) as channel:
             stub = chaos_pb2_grpc.FaultInjectionStub(channel)

@@ -110,6 +110,15 @@ class FaultKind(StrEnum):
     CLOCK = "clock"  # skew the wall clocks of some nodes by clock_offsets_ms, reset at end_s
     DISK = "disk"  # kill -9 and lose the un-fsynced tail of the nodes' files, restart at end_s
     LATENCY = "latency"  # add delay_ms +- jitter_ms on every link touching the nodes
+    # A gray failure (Huang et al., HotOS 2017): the nodes' calls to their peers misbehave
+    # (rpc_action, with rpc_probability) while they stay up and answer health checks.
+    GRAY = "gray"
+
+
+# What a gray fault does to a call (``distlab.chaos.rpc_faults``): lose the reply after the
+# callee did the work, hold the call (delay_ms), send it twice, or fail it at once.
+GRAY_ACTIONS = ("drop_reply", "delay", "duplicate", "fail")
+GRAY_PROBABILITY_MIN = 0.3  # below this a short fault may hit nothing worth seeing
 
 
 class PartitionShape(StrEnum):
@@ -171,8 +180,10 @@ class Fault:
     nodes: tuple[str, ...]
     partition: Partition | None = None  # for PARTITION
     clock_offsets_ms: tuple[tuple[str, int], ...] = ()  # for CLOCK: (node, offset) pairs
-    delay_ms: int = 0  # for LATENCY
+    delay_ms: int = 0  # for LATENCY, and GRAY's delay
     jitter_ms: int = 0  # for LATENCY
+    rpc_action: str = ""  # for GRAY: one of GRAY_ACTIONS
+    rpc_probability: float = 0.0  # for GRAY: of each call being hit, in (0, 1]
 
     def __post_init__(self) -> None:
         _check_time("start_s", self.start_s)
@@ -200,7 +211,22 @@ class Fault:
                     )
         elif self.clock_offsets_ms:
             raise ValueError(f"a {self.kind} fault takes no clock_offsets_ms")
-        if self.kind is FaultKind.LATENCY:
+        if self.kind is FaultKind.GRAY:
+            if self.rpc_action not in GRAY_ACTIONS:
+                raise ValueError(
+                    f"rpc_action must be one of {GRAY_ACTIONS}, got {self.rpc_action!r}"
+                )
+            if not 0.0 < self.rpc_probability <= 1.0:
+                raise ValueError(f"rpc_probability must be in (0, 1], got {self.rpc_probability}")
+            wants_delay = self.rpc_action == "delay"
+            if wants_delay != (1 <= self.delay_ms <= DELAY_MS_MAX) or self.jitter_ms:
+                raise ValueError(
+                    f"a gray fault takes delay_ms in [1, {DELAY_MS_MAX}] exactly when its "
+                    "rpc_action is delay, and no jitter_ms"
+                )
+        elif self.rpc_action or self.rpc_probability:
+            raise ValueError(f"a {self.kind} fault takes no rpc_action or rpc_probability")
+        elif self.kind is FaultKind.LATENCY:
             if not 1 <= self.delay_ms <= DELAY_MS_MAX:
                 raise ValueError(f"delay_ms must be in [1, {DELAY_MS_MAX}], got {self.delay_ms}")
             if not 0 <= self.jitter_ms <= self.delay_ms:
@@ -220,6 +246,12 @@ class Fault:
             return f"clock {', '.join(skews)}"
         if self.kind is FaultKind.LATENCY:
             return f"latency {', '.join(self.nodes)} {self.delay_ms}+-{self.jitter_ms} ms"
+        if self.kind is FaultKind.GRAY:
+            delay = f" {self.delay_ms} ms" if self.rpc_action == "delay" else ""
+            return (
+                f"gray {', '.join(self.nodes)}: {self.rpc_action}{delay} on "
+                f"{self.rpc_probability:.0%} of calls to peers"
+            )
         return f"{self.kind} {', '.join(self.nodes)}"
 
     def to_json(self) -> dict[str, object]:
@@ -242,6 +274,11 @@ class Fault:
         if self.kind is FaultKind.LATENCY:
             data["delay_ms"] = self.delay_ms
             data["jitter_ms"] = self.jitter_ms
+        if self.kind is FaultKind.GRAY:
+            data["rpc_action"] = self.rpc_action
+            data["rpc_probability"] = self.rpc_probability
+            if self.delay_ms:
+                data["delay_ms"] = self.delay_ms
         return data
 
     @classmethod
@@ -274,6 +311,10 @@ class Fault:
             clock_offsets_ms=clock_offsets_ms,
             delay_ms=_as_int("delay_ms", data.get("delay_ms", 0)),
             jitter_ms=_as_int("jitter_ms", data.get("jitter_ms", 0)),
+            rpc_action=str(data.get("rpc_action", "")),
+            rpc_probability=(
+                _get_probability(data, "rpc_probability") if "rpc_probability" in data else 0.0
+            ),
         )
 
 
@@ -285,6 +326,7 @@ _KIND_FIELDS: Mapping[FaultKind, frozenset[str]] = {
     FaultKind.CLOCK: frozenset({"clock_offsets_ms"}),
     FaultKind.DISK: frozenset(),
     FaultKind.LATENCY: frozenset({"delay_ms", "jitter_ms"}),
+    FaultKind.GRAY: frozenset({"rpc_action", "rpc_probability", "delay_ms"}),
 }
 
 
@@ -584,6 +626,21 @@ def _draw_fault(
         delay_ms = rng.randint(LATENCY_DELAY_MS_MIN, LATENCY_DELAY_MS_MAX)
         jitter_ms = rng.randint(0, delay_ms // 2)
         return Fault(kind, start_s, end_s, target, delay_ms=delay_ms, jitter_ms=jitter_ms)
+    if kind is FaultKind.GRAY:
+        action = rng.choice(GRAY_ACTIONS)
+        delay_ms = (
+            rng.randint(LATENCY_DELAY_MS_MIN, LATENCY_DELAY_MS_MAX) if action == "delay" else 0
+        )
+        probability = round(rng.uniform(GRAY_PROBABILITY_MIN, 1.0), 2)
+        return Fault(
+            kind,
+            start_s,
+            end_s,
+            target,
+            delay_ms=delay_ms,
+            rpc_action=action,
+            rpc_probability=probability,
+        )
     return Fault(kind, start_s, end_s, target)
 
 
@@ -767,6 +824,13 @@ def _get_seconds(data: Mapping[str, object], field: str) -> float:
     if not math.isfinite(seconds):
         raise ValueError(f"{field} must be finite, got {value!r}")
     return seconds
+
+
+def _get_probability(data: Mapping[str, object], field: str) -> float:
+    value = data.get(field)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{field} must be a number, got {value!r}")
+    return float(value)
 
 
 def _as_int(field: str, value: object) -> int:

@@ -38,6 +38,7 @@ from distlab.chaos.cluster import ChaosCluster
 from distlab.chaos.history import NEMESIS_PROCESS, HistoryRecorder, Op, OpType, loads, pair
 from distlab.chaos.nemesis import Fault, FaultKind, Schedule, random_schedule
 from distlab.chaos.systems import SYSTEMS, ChaosSystem, SystemConfig
+from distlab.proto import chaos_pb2
 
 logger = logging.getLogger("distlab.chaos")
 
@@ -303,6 +304,14 @@ class Nemesis:
         elif fault.kind is FaultKind.LATENCY:
             for name in fault.nodes:
                 cluster.slow(name, fault.delay_ms, fault.jitter_ms)
+        elif fault.kind is FaultKind.GRAY:
+            rule = chaos_pb2.RpcFaultRule(
+                action=fault.rpc_action,
+                probability=fault.rpc_probability,
+                delay_ms=fault.delay_ms,
+            )
+            for index, name in enumerate(fault.nodes):
+                await cluster.set_rpc_faults(name, [rule], seed=index)
 
     async def heal(self, fault: Fault) -> None:
         cluster = self.cluster
@@ -317,6 +326,9 @@ class Nemesis:
         elif fault.kind is FaultKind.CLOCK:
             for name, _ in fault.clock_offsets_ms:
                 await cluster.set_clock_offset(name, 0)
+        elif fault.kind is FaultKind.GRAY:
+            for name in fault.nodes:
+                await cluster.set_rpc_faults(name, [])
 
     async def heal_all(self) -> None:
         cluster = self.cluster
@@ -327,6 +339,8 @@ class Nemesis:
                 await asyncio.to_thread(cluster.restart, name)
             with contextlib.suppress(Exception):
                 await cluster.set_clock_offset(name, 0)
+            with contextlib.suppress(Exception):
+                await cluster.set_rpc_faults(name, [])
 
 
 class Progress:
