@@ -198,7 +198,6 @@ async def _run_phases(
             config.system_config,
             config.duration_s,
             config.seed,
-            lambda: None,
         )
         await nemesis_task
     finally:

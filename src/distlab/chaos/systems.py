@@ -17,8 +17,6 @@ from distlab.chaos.checkers import CheckResult
 from distlab.chaos.cluster import ChaosCluster
 from distlab.chaos.history import HistoryRecorder, Op
 
-ProgressCallback = Callable[[], None]
-
 
 @dataclass(frozen=True, slots=True)
 class SystemConfig:
@@ -52,7 +50,6 @@ class ChaosSystem(Protocol):
         config: SystemConfig,
         duration_s: float,
         seed: int,
-        progress: ProgressCallback,
     ) -> None: ...
 
     async def finish(
@@ -98,7 +95,6 @@ class KvSystem:
         config: SystemConfig,
         duration_s: float,
         seed: int,
-        progress: ProgressCallback,
     ) -> None:
         from distlab.kvstore.workload import KvWorkload, KvWorkloadOptions
 
@@ -110,7 +106,7 @@ class KvSystem:
             **config.extra.get("workload", {}),
         )
         self._workload = KvWorkload(cluster.client_addresses(), recorder, now_ns, options)
-        await self._workload.run(progress)
+        await self._workload.run()
 
     async def finish(
         self,

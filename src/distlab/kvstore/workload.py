@@ -111,7 +111,7 @@ class KvWorkload:
         for channel in self.channels:
             await channel.close()
 
-    async def run(self, progress: Callable[[], None] | None = None) -> None:
+    async def run(self) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + self.options.duration_s
@@ -127,8 +127,6 @@ class KvWorkload:
                     return
                 await asyncio.sleep(max(0.0, at - loop.time()))
                 await self._one(state, loop.time() - started)
-                if progress is not None:
-                    progress()
 
         await asyncio.gather(*(worker(index) for index in range(self.options.concurrency)))
 
