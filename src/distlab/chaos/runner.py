@@ -45,10 +45,6 @@ logger = logging.getLogger("distlab.chaos")
 RUN_FILE = "run.json"
 HISTORY_FILE = "history.jsonl"
 RESULTS_FILE = "results.json"
-# After healing, the cluster's failure detectors must see every node again before the final
-# reads, or a read at R=N is refused; a restarted node takes a few seconds on a busy machine.
-SETTLE_S_MAX = 30.0
-SETTLE_POLL_S = 0.2
 PROGRESS_INTERVAL_S = 1.0
 
 
@@ -209,37 +205,9 @@ async def _run_phases(
         with contextlib.suppress(asyncio.CancelledError):
             await progress_task
         progress.done()
-    settled = await settle(cluster)
+    settled = await system.settle(cluster)
     observations = await system.finish(cluster, recorder, now_ns, config.system_config)
-    return {**observations, "settled": settled}
-
-
-async def settle(cluster: ChaosCluster) -> bool:
-    """Wait until every node serves and sees every other as alive (its Ring view)."""
-    import grpc.aio
-
-    from distlab.proto import kvstore_pb2, kvstore_pb2_grpc
-
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + SETTLE_S_MAX
-    while loop.time() < deadline:
-        healthy = True
-        for name in cluster.names:
-            try:
-                async with grpc.aio.insecure_channel(cluster.address(name)) as channel:
-                    ring = await kvstore_pb2_grpc.KeyValueStub(channel).Ring(
-                        kvstore_pb2.RingRequest(), timeout=2.0
-                    )
-            except grpc.aio.AioRpcError:
-                healthy = False
-                break
-            if len(ring.members) < len(cluster.names) or not all(m.alive for m in ring.members):
-                healthy = False
-                break
-        if healthy:
-            return True
-        await asyncio.sleep(SETTLE_POLL_S)
-    return False
+    return {**observations, **settled}
 
 
 class Nemesis:

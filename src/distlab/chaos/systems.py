@@ -9,6 +9,7 @@ the first; the cache, the queue and the job scheduler plug in the same way when 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -37,6 +38,12 @@ class SystemConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# After healing, the failure detectors must see every node again before the final reads, or a
+# read at R=N is refused; a restarted node takes a few seconds on a busy machine.
+SETTLE_S_MAX = 30.0
+SETTLE_POLL_S = 0.2
+
+
 class ChaosSystem(Protocol):
     name: str
 
@@ -51,6 +58,8 @@ class ChaosSystem(Protocol):
         duration_s: float,
         seed: int,
     ) -> None: ...
+
+    async def settle(self, cluster: ChaosCluster) -> dict[str, Any]: ...
 
     async def finish(
         self,
@@ -107,6 +116,36 @@ class KvSystem:
         )
         self._workload = KvWorkload(cluster.client_addresses(), recorder, now_ns, options)
         await self._workload.run()
+
+    async def settle(self, cluster: ChaosCluster) -> dict[str, Any]:
+        """Wait until every node serves and sees every other alive (its Ring view), so that
+        the final reads at R=N are not refused; report the views if they never agree."""
+        import grpc.aio
+
+        from distlab.proto import kvstore_pb2, kvstore_pb2_grpc
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        views: dict[str, str] = {}
+        while True:
+            for name in cluster.names:
+                try:
+                    async with grpc.aio.insecure_channel(cluster.address(name)) as channel:
+                        ring = await kvstore_pb2_grpc.KeyValueStub(channel).Ring(
+                            kvstore_pb2.RingRequest(), timeout=2.0
+                        )
+                except grpc.aio.AioRpcError as error:
+                    views[name] = f"error {error.code().name}"
+                    continue
+                views[name] = " ".join(
+                    f"{member.node_id}:{'up' if member.alive else 'down'}"
+                    for member in sorted(ring.members, key=lambda member: member.node_id)
+                )
+            settled = all(view.count(":up") == len(cluster.names) for view in views.values())
+            elapsed_s = round(loop.time() - started, 1)
+            if settled or elapsed_s > SETTLE_S_MAX:
+                return {"settled": settled, "settle_s": elapsed_s, "views": views}
+            await asyncio.sleep(SETTLE_POLL_S)
 
     async def finish(
         self,

@@ -116,6 +116,13 @@ TOMBSTONE_GC_INTERVAL_MS_DEFAULT = 60 * 1000
 BACKGROUND_TASKS_MAX = 10_000
 
 
+# How long past its gRPC deadline a background call may run before the event loop cancels it.
+CALL_OVERRUN_S = 1.0
+# A gossip round does calls of a fraction of the interval and merges their replies: anything
+# near this long is a hang, and the loop must go on beating.
+GOSSIP_ROUND_S_MAX = 3.0
+
+
 @dataclass(frozen=True, slots=True)
 class KvNodeOptions:
     node_id: str
@@ -567,9 +574,14 @@ class KvNode:
             next_round += interval_s
             try:
                 targets = self.membership.tick(self._now_ms())
-                await asyncio.gather(
-                    *(self._gossip_with(target.address, interval_s * 0.8) for target in targets)
-                )
+                # A round that hangs, whatever the cause, would freeze our heartbeat: every
+                # peer would see this node down although it serves. Bound it.
+                async with asyncio.timeout(GOSSIP_ROUND_S_MAX):
+                    await asyncio.gather(
+                        *(self._gossip_with(target.address, interval_s * 0.8) for target in targets)
+                    )
+            except TimeoutError:
+                log_event(logger, "gossip_round_overran", logging.WARNING, s=GOSSIP_ROUND_S_MAX)
             except Exception:
                 logger.exception("round_crashed", extra={"loop": "gossip"})
             await asyncio.sleep(max(0.0, next_round - loop.time()))
@@ -580,9 +592,16 @@ class KvNode:
             members=[codec.member_to_proto(state) for state in self.membership.digest()]
         )
         try:
-            response = await self.peers.replica(address).Gossip(request, timeout=timeout_s)
+            # The gRPC deadline should end the call; the event loop's own timeout makes sure a
+            # call gRPC fails to end (seen under chaos: a peer paused mid-call) cannot stop the
+            # gossip loop, which would freeze this node's heartbeat and make it look dead.
+            async with asyncio.timeout(timeout_s + CALL_OVERRUN_S):
+                response = await self.peers.replica(address).Gossip(request, timeout=timeout_s)
         except grpc.RpcError:
             return  # the failure detector notices through missing heartbeats, not errors
+        except TimeoutError:
+            log_event(logger, "call_overran_deadline", logging.WARNING, peer=address, rpc="Gossip")
+            return
         states = [codec.member_from_proto(member) for member in response.members]
         await self._apply_merge(self.membership.merge(states, self._now_ms()))
 

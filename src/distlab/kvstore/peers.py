@@ -6,6 +6,7 @@ Every call a node makes to a peer goes through here with a deadline; a failure c
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 import grpc
@@ -19,6 +20,8 @@ from distlab.proto import kvstore_pb2_grpc
 # would otherwise wait up to two minutes after repeated failures, far longer than our failure
 # detector takes to see a node come back.
 RECONNECT_BACKOFF_MS_MAX = 1000
+# Calls still in flight on a channel being replaced get this long to finish.
+CLOSE_GRACE_S = 1.0
 
 
 class Peers:
@@ -36,6 +39,7 @@ class Peers:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._replica_stubs: dict[str, kvstore_pb2_grpc.ReplicaAsyncStub] = {}
         self._client_stubs: dict[str, kvstore_pb2_grpc.KeyValueAsyncStub] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
@@ -75,9 +79,15 @@ class Peers:
         self._replica_stubs.pop(address, None)
         self._client_stubs.pop(address, None)
         if channel is not None:
-            await channel.close()
+            # Closed in the background: closing cancels the channel's calls in flight, and the
+            # caller (the gossip loop) must not wait on them.
+            task = asyncio.create_task(channel.close(grace=CLOSE_GRACE_S))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
+        for task in list(self._closing):
+            await task
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
