@@ -59,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from distlab.bench.commands import add_bench_parser
     from distlab.chaos.commands import add_chaos_parser
+    from distlab.raft.commands import add_raft_parser
 
     parser = argparse.ArgumentParser(
         prog="distlab",
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_kv_parser(commands)
     add_bench_parser(commands)
     add_chaos_parser(commands)
+    add_raft_parser(commands)
     return parser
 
 

@@ -85,21 +85,24 @@ def chaos_run(
     interval_s: float = 4.0,
     fault_s: tuple[float, float] = (1.5, 3.0),
     workload: dict[str, Any] | None = None,
-    **system: Any,
+    system: str = "kv",
+    **system_options: Any,
 ) -> RunOutcome:
-    nodes = schedule.nodes if schedule is not None else names(system.get("nodes", 3))
-    system.setdefault("nodes", len(nodes))
-    system.setdefault("rate", 50.0)
-    system.setdefault("converge_wait_s", 6.0)
-    system["node_args"] = tuple(system.get("node_args", ()))
-    system["require"] = tuple(system.get("require", ()))
+    options = system_options
+    nodes = schedule.nodes if schedule is not None else names(options.get("nodes", 3))
+    options.setdefault("nodes", len(nodes))
+    options.setdefault("rate", 50.0)
+    options.setdefault("converge_wait_s", 6.0)
+    options["node_args"] = tuple(options.get("node_args", ()))
+    options["require"] = tuple(options.get("require", ()))
     config = RunConfig(
+        system=system,
         duration_s=duration_s,
         seed=seed,
         faults=tuple(faults),
         interval_s=interval_s,
         fault_s=fault_s,
-        system_config=SystemConfig(extra={"workload": workload or {}}, **system),
+        system_config=SystemConfig(extra={"workload": workload or {}}, **options),
     )
     outcome = asyncio.run(run(config, out, schedule=schedule, progress_stream=None))
     print("\n".join(summary(outcome)))  # shown by pytest when the test fails

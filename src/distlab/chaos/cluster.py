@@ -68,10 +68,12 @@ class ChaosCluster:
         names: Sequence[str],
         node_arguments: Mapping[str, Sequence[str]],
         seed: int,
+        command: tuple[str, ...] = ("node",),
     ) -> None:
         self.run_dir = run_dir
         self.names = list(names)
         self.node_arguments = {name: list(node_arguments.get(name, ())) for name in names}
+        self.command = command
         self.network = ProxyNetwork(seed=seed)
         self.nodes: dict[str, NodeProcess] = {}
         self._started = False
@@ -96,6 +98,11 @@ class ChaosCluster:
             routes_file.parent.mkdir(parents=True, exist_ok=True)
             routes_file.write_text(json.dumps(routes, indent=1))
             seeds = [real[peer] for peer in self.names if peer != name]
+            # "{peers}" in a system's arguments: every node as id=address (Raft's --peers).
+            peers = ",".join(f"{peer}={real[peer]}" for peer in self.names)
+            arguments = [
+                argument.replace("{peers}", peers) for argument in self.node_arguments[name]
+            ]
             self.nodes[name] = NodeProcess(
                 name=name,
                 data_dir=self.run_dir / "nodes" / name,
@@ -107,10 +114,11 @@ class ChaosCluster:
                     str(routes_file),
                     "--seeds",
                     ",".join(seeds),
-                    *self.node_arguments[name],
+                    *arguments,
                 ],
                 host=HOST,
                 port=port,
+                command=self.command,
             )
         for node in self.nodes.values():
             node.start(wait=False)

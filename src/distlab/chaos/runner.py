@@ -155,7 +155,7 @@ async def run(
         name: system.node_arguments(config.system_config, config.seed, index)
         for index, name in enumerate(names)
     }
-    cluster = ChaosCluster(run_dir, names, arguments, seed=config.seed)
+    cluster = ChaosCluster(run_dir, names, arguments, seed=config.seed, command=system.command)
     with (run_dir / HISTORY_FILE).open("w") as history_file:
 
         def sink(line: str) -> None:

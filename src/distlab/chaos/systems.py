@@ -46,6 +46,7 @@ SETTLE_POLL_S = 0.2
 
 class ChaosSystem(Protocol):
     name: str
+    command: tuple[str, ...]  # the distlab subcommand that runs one node
 
     def node_arguments(self, config: SystemConfig, seed: int, index: int) -> list[str]: ...
 
@@ -76,6 +77,7 @@ class KvSystem:
     """The Dynamo-style store (``distlab.kvstore``)."""
 
     name = "kv"
+    command: tuple[str, ...] = ("node",)
 
     def __init__(self) -> None:
         self._workload: Any = None
@@ -200,4 +202,98 @@ def _flag_value(arguments: Sequence[str], flag: str) -> int | None:
     return None
 
 
-SYSTEMS: dict[str, Callable[[], ChaosSystem]] = {"kv": KvSystem}
+class RaftSystem:
+    """The linearizable register on Raft (``distlab.raft``): its history must be linearizable
+    on every key, whatever the faults."""
+
+    name = "raft"
+    command: tuple[str, ...] = ("raft", "node")
+
+    def __init__(self) -> None:
+        self._workload: Any = None
+
+    def node_arguments(self, config: SystemConfig, seed: int, index: int) -> list[str]:
+        return [
+            "--peers", "{peers}",
+            "--fsync", config.fsync,
+            "--rng-seed", str(seed * 1000 + index),
+            *config.node_args,
+        ]  # fmt: skip
+
+    async def run_workload(
+        self,
+        cluster: ChaosCluster,
+        recorder: HistoryRecorder,
+        now_ns: Callable[[], int],
+        config: SystemConfig,
+        duration_s: float,
+        seed: int,
+    ) -> None:
+        from distlab.raft.workload import RaftWorkload, RaftWorkloadOptions
+
+        addresses = cluster.client_addresses()
+        options = RaftWorkloadOptions(
+            duration_s=duration_s,
+            rate=config.rate,
+            concurrency=config.concurrency,
+            seed=seed,
+            **config.extra.get("workload", {}),
+        )
+        self._workload = RaftWorkload(
+            addresses,
+            {
+                cluster.address(name): address
+                for name, address in zip(cluster.names, addresses, strict=True)
+            },
+            recorder,
+            now_ns,
+            options,
+        )
+        await self._workload.run()
+
+    async def settle(self, cluster: ChaosCluster) -> dict[str, Any]:
+        """Wait until every node names the same leader."""
+        import grpc.aio
+
+        from distlab.proto import raft_pb2, raft_pb2_grpc
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        views: dict[str, str] = {}
+        while True:
+            for name in cluster.names:
+                try:
+                    async with grpc.aio.insecure_channel(cluster.address(name)) as channel:
+                        status = await raft_pb2_grpc.RaftKeyValueStub(channel).Status(
+                            raft_pb2.RaftStatusRequest(), timeout=2.0
+                        )
+                    views[name] = f"{status.role} term {status.term} leader {status.leader}"
+                except grpc.aio.AioRpcError as error:
+                    views[name] = f"error {error.code().name}"
+            leaders = {view.rsplit(" ", 1)[-1] for view in views.values()}
+            settled = len(leaders) == 1 and "" not in leaders and "error" not in str(views)
+            elapsed_s = round(loop.time() - started, 1)
+            if settled or elapsed_s > SETTLE_S_MAX:
+                return {"settled": settled, "settle_s": elapsed_s, "views": views}
+            await asyncio.sleep(SETTLE_POLL_S)
+
+    async def finish(
+        self,
+        cluster: ChaosCluster,
+        recorder: HistoryRecorder,
+        now_ns: Callable[[], int],
+        config: SystemConfig,
+    ) -> dict[str, Any]:
+        if self._workload is not None:
+            await self._workload.close()
+        return {}
+
+    def check(self, ops: Sequence[Op], config: SystemConfig) -> list[CheckResult]:
+        from distlab.chaos import checkers
+        from distlab.chaos.history import pair
+
+        informative = "linearizability" in config.informative
+        return [checkers.linearizability(pair(ops), required=not informative)]
+
+
+SYSTEMS: dict[str, Callable[[], ChaosSystem]] = {"kv": KvSystem, "raft": RaftSystem}

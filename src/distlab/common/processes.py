@@ -37,6 +37,7 @@ class NodeProcess:
     host: str = "127.0.0.1"
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    command: tuple[str, ...] = ("node",)  # the distlab subcommand: ("raft", "node") for Raft
 
     @property
     def address(self) -> str:
@@ -59,7 +60,7 @@ class NodeProcess:
         self.port_file.unlink(missing_ok=True)
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         command = [
-            sys.executable, "-m", "distlab.cli", "node",
+            sys.executable, "-m", "distlab.cli", *self.command,
             "--node-id", self.name,
             "--data-dir", str(self.data_dir),
             "--host", self.host,

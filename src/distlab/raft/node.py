@@ -1,0 +1,427 @@
+"""The shell around ``distlab.raft.core``: a Raft node with durable storage, a network and a
+linearizable key-value register as its state machine.
+
+The core does no I/O; this module does all of it, on one asyncio loop, in the order the core's
+Ready recipe demands. One driver task owns the core: nothing else calls it, so a Ready is
+always carried out completely before the core sees the next input.
+
+The driver loop, each turn:
+
+1. Feed the core what arrived since the last turn, in arrival order: ticks (one every
+   ``tick_ms``), messages from peers, proposals and read requests from clients.
+2. If it has a Ready: persist its hard state, entries and snapshot (``RaftStorage.save``, one
+   fsync, in a worker thread so the loop keeps receiving). While that fsync runs, new proposals
+   queue up and go into the next Ready together: that is the batching (many entries per append,
+   one fsync per batch).
+3. Send its messages (each peer has a sender task; a full queue drops, as a lossy network
+   would, and Raft retransmits).
+4. Apply its committed entries to the register in order and answer the proposals waiting on
+   them; install a received snapshot first; answer the reads whose read index is applied.
+5. ``advance`` the core; every ``snapshot_entries`` applied entries, compact: the register's
+   state becomes the snapshot and the log before it is dropped.
+
+A proposal is answered when its entry is applied: definitely failed when another entry took its
+index (it was never committed and never will be), indefinitely (DEADLINE_EXCEEDED) if it is
+still pending at the deadline. A read is served through ReadIndex (thesis 6.4): linearizable
+without writing to the log. Writes and reads on a follower fail with FAILED_PRECONDITION naming
+the leader.
+
+What it leaves out: client sessions (thesis 6.3), so a client that retries an indefinite write
+may apply it twice; proposals forwarded by followers; membership changes from the command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import struct
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from distlab.chaos.rpc_faults import LinkFaultInterceptor, LinkFaults
+from distlab.common import errors
+from distlab.common.errors import DistlabError
+from distlab.common.logs import log_event
+from distlab.common.wal_file import WalOptions
+from distlab.proto import raft_pb2, raft_pb2_grpc
+from distlab.raft import codec
+from distlab.raft.core import (
+    Config,
+    Entry,
+    EntryKind,
+    Message,
+    NotLeaderError,
+    ProposalDroppedError,
+    RaftCore,
+    Ready,
+    Role,
+)
+from distlab.raft.storage import RaftStorage
+
+logger = logging.getLogger("distlab.raft")
+
+# 50 ms ticks with the core's 10-tick election timeout: elections start 0.5-1 s after the
+# leader goes quiet, well above loopback round trips and a busy machine's scheduling hiccups.
+TICK_MS_DEFAULT = 50
+ELECTION_TICKS_DEFAULT = 10
+HEARTBEAT_TICKS_DEFAULT = 2
+# Messages waiting per peer: beyond this the peer is slow or gone, and Raft resends anyway.
+SEND_QUEUE_MESSAGES_MAX = 4096
+SEND_BATCH_MESSAGES_MAX = 256
+PEER_CALL_TIMEOUT_S = 1.0
+# Inputs waiting for the driver: past this, clients are told to back off.
+INBOX_MAX = 65_536
+# Compact after this many applied entries: restart replays at most this many.
+SNAPSHOT_ENTRIES_DEFAULT = 10_000
+
+_PUT, _DELETE = 1, 2
+_COMMAND = struct.Struct(">BI")  # op, key length; then key, then value
+
+
+def encode_command(op: int, key: bytes, value: bytes = b"") -> bytes:
+    return _COMMAND.pack(op, len(key)) + key + value
+
+
+def decode_command(data: bytes) -> tuple[int, bytes, bytes]:
+    op, key_length = _COMMAND.unpack_from(data)
+    start = _COMMAND.size
+    return op, data[start : start + key_length], data[start + key_length :]
+
+
+def encode_state(state: dict[bytes, bytes]) -> bytes:
+    parts = [struct.pack(">I", len(state))]
+    for key in sorted(state):
+        value = state[key]
+        parts.append(struct.pack(">II", len(key), len(value)))
+        parts.append(key)
+        parts.append(value)
+    return b"".join(parts)
+
+
+def decode_state(data: bytes) -> dict[bytes, bytes]:
+    if not data:
+        return {}
+    (count,) = struct.unpack_from(">I", data)
+    offset = 4
+    state = {}
+    for _ in range(count):
+        key_length, value_length = struct.unpack_from(">II", data, offset)
+        offset += 8
+        key = data[offset : offset + key_length]
+        offset += key_length
+        state[key] = data[offset : offset + value_length]
+        offset += value_length
+    return state
+
+
+@dataclass(frozen=True, slots=True)
+class RaftNodeOptions:
+    node_id: str
+    data_dir: Path
+    peers: dict[str, str]  # node id -> address, every voter including this node
+    tick_ms: int = TICK_MS_DEFAULT
+    election_ticks: int = ELECTION_TICKS_DEFAULT
+    heartbeat_ticks: int = HEARTBEAT_TICKS_DEFAULT
+    snapshot_entries: int = SNAPSHOT_ENTRIES_DEFAULT
+    wal: WalOptions = field(default_factory=WalOptions)
+    seed: int | None = None
+    peer_routes: dict[str, str] = field(default_factory=dict)  # address -> address to dial
+
+    def __post_init__(self) -> None:
+        if self.node_id not in self.peers:
+            raise ValueError(f"--peers must name this node ({self.node_id}) with its address")
+
+
+@dataclass
+class _Pending:
+    term: int
+    future: asyncio.Future[int]
+
+
+class RaftNode:
+    def __init__(self, options: RaftNodeOptions, faults: LinkFaults | None = None) -> None:
+        self.options = options
+        self.faults = faults or LinkFaults()
+        self._closed = False
+        self.node_id = options.node_id
+        self.storage, recovered = RaftStorage.open(options.data_dir / "raft", options.wal)
+        seed = options.seed if options.seed is not None else time.time_ns()
+        self.core = RaftCore(
+            Config(
+                node_id=options.node_id,
+                election_ticks=options.election_ticks,
+                heartbeat_ticks=options.heartbeat_ticks,
+            ),
+            options.peers.keys(),
+            random.Random(seed),
+            hard_state=recovered.hard_state,
+            entries=recovered.entries,
+            snapshot=recovered.snapshot,
+        )
+        self.state: dict[bytes, bytes] = (
+            decode_state(recovered.snapshot.data) if recovered.snapshot is not None else {}
+        )
+        self._inbox: deque[Callable[[], None]] = deque()
+        self._wake = asyncio.Event()
+        self._proposals: dict[int, _Pending] = {}
+        self._reads: dict[int, asyncio.Future[int]] = {}
+        self._ready_reads: list[tuple[int, int]] = []  # (read index, request id)
+        self._next_read_id = 1
+        self._applied_since_snapshot = 0
+        self._send_queues: dict[str, asyncio.Queue[Message]] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        for peer in self.options.peers:
+            if peer != self.node_id:
+                self._send_queues[peer] = asyncio.Queue(SEND_QUEUE_MESSAGES_MAX)
+                self._tasks.append(asyncio.create_task(self._sender(peer), name=f"send-{peer}"))
+        self._tasks.append(asyncio.create_task(self._ticker(), name="ticker"))
+        self._tasks.append(asyncio.create_task(self._driver(), name="driver"))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for channel in self._channels.values():
+            await channel.close()
+        for pending in self._proposals.values():
+            if not pending.future.done():
+                pending.future.set_exception(
+                    DistlabError(
+                        errors.DEADLINE_EXCEEDED,
+                        "the node stopped before the write committed; it may still commit",
+                    )
+                )
+        await asyncio.to_thread(self.storage.close)
+
+    # ------------------------------------------------------------------ inputs
+
+    def _submit(self, action: Callable[[], None]) -> None:
+        if len(self._inbox) >= INBOX_MAX:
+            raise DistlabError(errors.RESOURCE_EXHAUSTED, "the Raft node's inbox is full")
+        self._inbox.append(action)
+        self._wake.set()
+
+    def receive(self, messages: list[Message]) -> None:
+        for message in messages:
+            self._submit(functools.partial(self.core.step, message))
+
+    async def propose(self, command: bytes, deadline_s: float) -> int:
+        """The index the command was committed and applied at."""
+        loop = asyncio.get_running_loop()
+        applied: asyncio.Future[int] = loop.create_future()
+        proposed_at: list[int] = []
+
+        def act() -> None:
+            try:
+                index = self.core.propose(command)
+            except (NotLeaderError, ProposalDroppedError) as error:
+                applied.set_exception(self._not_leader(error))
+                return
+            self._proposals[index] = _Pending(self.core.term, applied)
+            proposed_at.append(index)
+
+        self._submit(act)
+        try:
+            async with asyncio.timeout(deadline_s):
+                return await applied
+        except TimeoutError:
+            if proposed_at:
+                self._proposals.pop(proposed_at[0], None)
+            raise DistlabError(
+                errors.DEADLINE_EXCEEDED, "not committed before the deadline; it may still be"
+            ) from None
+
+    async def read(self, key: bytes, deadline_s: float) -> tuple[bytes | None, int]:
+        """ReadIndex (thesis 6.4): the value once the leader has confirmed it leads and applied
+        everything committed when the read arrived."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[int] = loop.create_future()
+        request_id = self._next_read_id
+        self._next_read_id += 1
+
+        def act() -> None:
+            try:
+                self.core.read_index(request_id)
+            except (NotLeaderError, ProposalDroppedError) as error:
+                done.set_exception(self._not_leader(error))
+                return
+            self._reads[request_id] = done
+
+        self._submit(act)
+        try:
+            async with asyncio.timeout(deadline_s):
+                index = await done
+        except TimeoutError:
+            self._reads.pop(request_id, None)
+            raise DistlabError(
+                errors.UNAVAILABLE, "leadership could not be confirmed before the deadline"
+            ) from None
+        return self.state.get(key), index
+
+    def _not_leader(self, error: Exception) -> DistlabError:
+        leader = getattr(error, "leader", None) or self.core.leader
+        address = self.options.peers.get(leader or "", "")
+        return DistlabError(
+            errors.FAILED_PRECONDITION,
+            f"not the leader; leader={leader or 'unknown'} address={address or 'unknown'}",
+        )
+
+    def leader_address(self) -> str:
+        return self.options.peers.get(self.core.leader or "", "")
+
+    # ------------------------------------------------------------------ the driver
+
+    async def _ticker(self) -> None:
+        interval_s = self.options.tick_ms / 1000
+        while True:
+            await asyncio.sleep(interval_s)
+            self._submit(self.core.tick)
+
+    async def _driver(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._inbox:  # step 1
+                action = self._inbox.popleft()
+                try:
+                    action()
+                except ValueError as error:
+                    log_event(logger, "input_refused", logging.WARNING, error=str(error))
+            while self.core.has_ready():
+                await self._handle(self.core.ready())
+                while self._inbox:
+                    # Inputs that arrived during the fsync: into the core before the next
+                    # Ready, so they share its fsync.
+                    self._inbox.popleft()()
+
+    async def _handle(self, ready: Ready) -> None:
+        if ready.hard_state is not None or ready.entries or ready.snapshot is not None:
+            await asyncio.to_thread(  # step 2
+                self.storage.save, ready.hard_state, ready.entries, ready.snapshot
+            )
+        for message in ready.messages:  # step 3
+            queue = self._send_queues.get(message.target)
+            if queue is not None:
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait(message)
+        if ready.snapshot is not None:  # step 4
+            self.state = decode_state(ready.snapshot.data)
+        for entry in ready.committed:
+            self._apply(entry)
+        self._ready_reads.extend((state.index, state.request_id) for state in ready.read_states)
+        self.core.advance(ready)  # step 5
+        self._answer_reads()
+        if self._applied_since_snapshot >= self.options.snapshot_entries:
+            await self._compact()
+
+    def _apply(self, entry: Entry) -> None:
+        if entry.kind is EntryKind.NORMAL:
+            op, key, value = decode_command(entry.data)
+            if op == _PUT:
+                self.state[key] = value
+            elif op == _DELETE:
+                self.state.pop(key, None)
+        self._applied_since_snapshot += 1
+        pending = self._proposals.pop(entry.index, None)
+        if pending is None or pending.future.done():
+            return
+        if pending.term == entry.term:
+            pending.future.set_result(entry.index)
+        else:
+            pending.future.set_exception(
+                DistlabError(
+                    errors.FAILED_PRECONDITION,
+                    "leadership changed and another entry took this one's place; retry",
+                )
+            )
+
+    def _answer_reads(self) -> None:
+        applied = self.core.applied_index
+        still_waiting = []
+        for index, request_id in self._ready_reads:
+            future = self._reads.pop(request_id, None)
+            if future is None or future.done():
+                continue
+            if index <= applied:
+                future.set_result(index)
+            else:
+                self._reads[request_id] = future
+                still_waiting.append((index, request_id))
+        self._ready_reads = still_waiting
+
+    async def _compact(self) -> None:
+        applied = self.core.applied_index
+        self.core.compact(applied, encode_state(self.state))
+        snapshot = self.core.snapshot
+        assert snapshot is not None, "compact just made one"
+        await asyncio.to_thread(self.storage.compact, snapshot)
+        self._applied_since_snapshot = 0
+        log_event(logger, "compacted", index=applied, keys=len(self.state))
+
+    # ------------------------------------------------------------------ the network
+
+    def _channel(self, peer: str) -> grpc.aio.Channel:
+        channel = self._channels.get(peer)
+        if channel is None:
+            address = self.options.peers[peer]
+            channel = grpc.aio.insecure_channel(
+                self.options.peer_routes.get(address, address),
+                options=[
+                    ("grpc.initial_reconnect_backoff_ms", 100),
+                    ("grpc.max_reconnect_backoff_ms", 1000),
+                ],
+                interceptors=[LinkFaultInterceptor(self.faults, address)],
+            )
+            self._channels[peer] = channel
+        return channel
+
+    async def _sender(self, peer: str) -> None:
+        queue = self._send_queues[peer]
+        while True:
+            batch = [await queue.get()]
+            while not queue.empty() and len(batch) < SEND_BATCH_MESSAGES_MAX:
+                batch.append(queue.get_nowait())
+            request = raft_pb2.StepRequest(messages=[codec.message_to_proto(m) for m in batch])
+            stub = raft_pb2_grpc.RaftStub(self._channel(peer))
+            try:
+                async with asyncio.timeout(PEER_CALL_TIMEOUT_S + 1):
+                    await stub.Step(request, timeout=PEER_CALL_TIMEOUT_S)
+            except (grpc.aio.AioRpcError, TimeoutError):
+                pass  # lost, as on a real network: Raft resends what matters
+
+    # ------------------------------------------------------------------ views
+
+    def status(self) -> dict[str, Any]:
+        core = self.core
+        return {
+            "node_id": self.node_id,
+            "role": str(core.role),
+            "term": core.term,
+            "leader": core.leader or "",
+            "leader_address": self.leader_address(),
+            "commit_index": core.commit_index,
+            "applied_index": core.applied_index,
+            "voters": sorted(core.voters),
+        }
+
+    @property
+    def is_leader(self) -> bool:
+        return self.core.role is Role.LEADER

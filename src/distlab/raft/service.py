@@ -1,0 +1,135 @@
+"""The gRPC servicers of a Raft node, and its entry point (``distlab raft node``).
+
+Thin by design: decode, hand to ``distlab.raft.node.RaftNode``, encode. ``RaftServicer`` carries
+node-to-node messages; ``RaftKeyValueServicer`` is the linearizable register clients use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc.aio
+
+from distlab.chaos import injection
+from distlab.chaos.injection import FaultInjectionServicer
+from distlab.chaos.rpc_faults import LinkFaults
+from distlab.common.clock import SystemClock
+from distlab.common.errors import invalid_argument
+from distlab.common.limits import Limits
+from distlab.common.rpc import abort_on_error
+from distlab.common.server import ServerOptions, run_server
+from distlab.proto import raft_pb2, raft_pb2_grpc
+from distlab.raft import codec
+from distlab.raft.node import _DELETE, _PUT, RaftNode, RaftNodeOptions, encode_command
+
+Context = grpc.aio.ServicerContext[Any, Any]
+# Node-to-node batches hold at most this many messages (the sender batches 256).
+STEP_MESSAGES_MAX = 1024
+
+
+def _deadline_s(context: Context, limits: Limits) -> float:
+    remaining = context.time_remaining()
+    cap_s = limits.deadline_ms_max / 1000
+    return cap_s if remaining is None else max(0.0, min(remaining, cap_s))
+
+
+class RaftServicer(raft_pb2_grpc.RaftServicer):
+    def __init__(self, node: RaftNode) -> None:
+        self.node = node
+
+    @abort_on_error
+    async def Step(self, request: raft_pb2.StepRequest, context: Context) -> raft_pb2.StepResponse:
+        if len(request.messages) > STEP_MESSAGES_MAX:
+            raise invalid_argument("messages", f"at most {STEP_MESSAGES_MAX} per call")
+        try:
+            messages = [codec.message_from_proto(message) for message in request.messages]
+        except ValueError as error:
+            raise invalid_argument("messages", str(error)) from error
+        if any(message.target != self.node.node_id for message in messages):
+            raise invalid_argument(
+                "messages", f"addressed to another node than {self.node.node_id}"
+            )
+        self.node.receive(messages)
+        return raft_pb2.StepResponse()
+
+
+class RaftKeyValueServicer(raft_pb2_grpc.RaftKeyValueServicer):
+    def __init__(self, node: RaftNode, limits: Limits) -> None:
+        self.node = node
+        self.limits = limits
+
+    @abort_on_error
+    async def Put(
+        self, request: raft_pb2.RaftPutRequest, context: Context
+    ) -> raft_pb2.RaftPutResponse:
+        self.limits.check_key(request.key)
+        self.limits.check_value(request.value)
+        index = await self.node.propose(
+            encode_command(_PUT, request.key, request.value), _deadline_s(context, self.limits)
+        )
+        return raft_pb2.RaftPutResponse(index=index)
+
+    @abort_on_error
+    async def Delete(
+        self, request: raft_pb2.RaftDeleteRequest, context: Context
+    ) -> raft_pb2.RaftDeleteResponse:
+        self.limits.check_key(request.key)
+        index = await self.node.propose(
+            encode_command(_DELETE, request.key), _deadline_s(context, self.limits)
+        )
+        return raft_pb2.RaftDeleteResponse(index=index)
+
+    @abort_on_error
+    async def Get(
+        self, request: raft_pb2.RaftGetRequest, context: Context
+    ) -> raft_pb2.RaftGetResponse:
+        self.limits.check_key(request.key)
+        value, index = await self.node.read(request.key, _deadline_s(context, self.limits))
+        return raft_pb2.RaftGetResponse(found=value is not None, value=value or b"", index=index)
+
+    @abort_on_error
+    async def Status(
+        self, request: raft_pb2.RaftStatusRequest, context: Context
+    ) -> raft_pb2.RaftStatusResponse:
+        return raft_pb2.RaftStatusResponse(**self.node.status())
+
+
+@dataclass(frozen=True, slots=True)
+class RaftNodeConfig:
+    node: RaftNodeOptions
+    server: ServerOptions = field(default_factory=ServerOptions)
+    allow_fault_injection: bool = False
+
+
+async def run_node(config: RaftNodeConfig, stop: asyncio.Event | None = None) -> None:
+    """Recover the log, serve Raft and RaftKeyValue, stop cleanly."""
+    faults = LinkFaults()
+    node = RaftNode(config.node, faults)
+    # The clock can be skewed, and nothing here reads it: Raft times elections with ticks of
+    # the monotonic clock, and serves reads by ReadIndex rather than by clock-based leases.
+    fault_injection = FaultInjectionServicer(config.allow_fault_injection, SystemClock(), faults)
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        raft_pb2_grpc.add_RaftServicer_to_server(RaftServicer(node), server)
+        raft_pb2_grpc.add_RaftKeyValueServicer_to_server(
+            RaftKeyValueServicer(node, config.server.limits), server
+        )
+        return [
+            *(
+                raft_pb2.DESCRIPTOR.services_by_name[name].full_name
+                for name in ("Raft", "RaftKeyValue")
+            ),
+            injection.register(server, fault_injection),
+        ]
+
+    async def on_serving(port: int) -> None:
+        await node.start()
+
+    try:
+        await run_server(
+            config.server, register, on_stop=node.close, stop=stop, on_serving=on_serving
+        )
+    finally:
+        await node.close()
