@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from distlab.bench import kv, wal
+from distlab.bench import kv, raft, wal
 from distlab.bench.runner import (
     CONCURRENCY_MAX,
     DURATION_S_MAX,
@@ -48,6 +48,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     workloads = bench.add_subparsers(title="workloads", metavar="WORKLOAD", required=True)
     _add_wal_parser(workloads)
     _add_kv_parser(workloads)
+    _add_raft_parser(workloads)
 
 
 def _add_wal_parser(workloads: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -289,6 +290,61 @@ def _run_kv(args: argparse.Namespace) -> int:
         json_path=args.json,
         started_at=started_at,
         summary=[*kv.echo_ratio_lines(outcome.results), *outcome.warnings],
+    )
+
+
+def _add_raft_parser(workloads: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = workloads.add_parser(
+        "raft",
+        help="linearizable puts and gets on a local Raft group, next to a gRPC echo",
+        description="Start a local Raft group (distlab raft node processes on loopback, data "
+        "in a temporary directory, always stopped and removed) and measure puts (committed "
+        "and applied) and ReadIndex gets at the leader, plus a bare gRPC echo as the "
+        "reference every row is also given as a ratio of.",
+    )
+    parser.add_argument("--nodes", type=_bounded_int(1, 7), default=raft.NODES_DEFAULT)
+    parser.add_argument("--fsync", type=_fsync_policy, default=FsyncPolicy.ALWAYS)
+    parser.add_argument("--keys", type=_bounded_int(1, kv.KEYS_MAX), default=raft.KEYS_DEFAULT)
+    parser.add_argument(
+        "--value-bytes", type=_bounded_int(0, kv.VALUE_BYTES_MAX), default=raft.VALUE_BYTES_DEFAULT
+    )
+    parser.add_argument("--concurrency", type=_bounded_int(1, CONCURRENCY_MAX), default=64)
+    parser.add_argument(
+        "--duration", type=_seconds(0.0, DURATION_S_MAX, zero_allowed=False), default=5.0
+    )
+    parser.add_argument(
+        "--warmup", type=_seconds(0.0, WARMUP_S_MAX, zero_allowed=True), default=1.0
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="where to save the results")
+    parser.set_defaults(func=_run_raft)
+
+
+def _run_raft(args: argparse.Namespace) -> int:
+    try:
+        settings = raft.RaftBenchSettings(
+            nodes=args.nodes,
+            fsync_policy=args.fsync,
+            keys=args.keys,
+            value_bytes=args.value_bytes,
+            concurrency=args.concurrency,
+            duration_s=args.duration,
+            warmup_s=args.warmup,
+            seed=args.seed,
+        )
+    except ValueError as error:
+        return _fail(f"bench raft: {error}", EXIT_USAGE)
+    started_at = datetime.now(UTC)
+    try:
+        results = raft.run_raft_benchmarks(settings, progress=sys.stderr)
+    except raft.RaftBenchError as error:
+        return _fail(f"bench raft: {error}")
+    return report(
+        results,
+        benchmark=raft.BENCHMARK_NAME,
+        json_path=args.json,
+        started_at=started_at,
+        summary=kv.echo_ratio_lines(results),
     )
 
 
