@@ -53,6 +53,10 @@ def kill(node: str, start_s: float, end_s: float) -> Fault:
     return Fault(FaultKind.KILL, start_s, end_s, (node,))
 
 
+def pause(nodes: Sequence[str], start_s: float, end_s: float) -> Fault:
+    return Fault(FaultKind.PAUSE, start_s, end_s, tuple(nodes))
+
+
 def crash(nodes: Sequence[str], start_s: float, end_s: float) -> Fault:
     return Fault(FaultKind.DISK, start_s, end_s, tuple(nodes))
 

@@ -7,7 +7,16 @@ from pathlib import Path
 
 from distlab.chaos.checkers import CheckVerdict
 from distlab.chaos.nemesis import PartitionShape
-from tests.chaos.harness import chaos_run, check, clock, crash, kill, partition_fault, scripted
+from tests.chaos.harness import (
+    chaos_run,
+    check,
+    clock,
+    crash,
+    kill,
+    partition_fault,
+    pause,
+    scripted,
+)
 
 
 def test_three_raft_nodes_stay_linearizable_under_every_fault(tmp_path: Path) -> None:
@@ -27,18 +36,19 @@ def test_three_raft_nodes_stay_linearizable_under_every_fault(tmp_path: Path) ->
     assert outcome.verdict is CheckVerdict.VALID
 
 
-def test_five_raft_nodes_stay_linearizable_through_leader_loss_and_odd_partitions(
+def test_five_raft_nodes_stay_linearizable_through_kills_pauses_and_odd_partitions(
     tmp_path: Path,
 ) -> None:
     schedule = scripted(
-        12.0,
+        13.0,
         5,
         [
             partition_fault(PartitionShape.MAJORITIES_RING, 5, 1.0, 3.5, seed=1),
             kill("n1", 4.0, 5.5),
             crash(["n2", "n3"], 6.0, 7.5),
             partition_fault(PartitionShape.BRIDGE, 5, 8.0, 9.5, seed=2),
-            clock({"n4": 30_000, "n5": -30_000}, 9.8, 10.5),
+            pause(["n4", "n5"], 9.8, 10.8),
+            clock({"n4": 30_000, "n5": -30_000}, 11.0, 11.8),
         ],
     )
 
