@@ -10,7 +10,7 @@ the first; the cache, the queue and the job scheduler plug in the same way when 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -42,6 +42,31 @@ class SystemConfig:
 # read at R=N is refused; a restarted node takes a few seconds on a busy machine.
 SETTLE_S_MAX = 30.0
 SETTLE_POLL_S = 0.2
+
+
+async def poll_views(
+    cluster: ChaosCluster,
+    view_of: Callable[[str], Awaitable[str]],
+    agree: Callable[[dict[str, str]], bool],
+) -> dict[str, Any]:
+    """Ask every node for its view of the cluster until the views agree or SETTLE_S_MAX passes:
+    {"settled", "settle_s", "views"}, the views kept for the report when they never agree."""
+    import grpc.aio
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    views: dict[str, str] = {}
+    while True:
+        for name in cluster.names:
+            try:
+                views[name] = await view_of(cluster.address(name))
+            except grpc.aio.AioRpcError as error:
+                views[name] = f"error {error.code().name}"
+        settled = agree(views)
+        elapsed_s = round(loop.time() - started, 1)
+        if settled or elapsed_s > SETTLE_S_MAX:
+            return {"settled": settled, "settle_s": elapsed_s, "views": views}
+        await asyncio.sleep(SETTLE_POLL_S)
 
 
 class ChaosSystem(Protocol):
@@ -126,28 +151,20 @@ class KvSystem:
 
         from distlab.proto import kvstore_pb2, kvstore_pb2_grpc
 
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        views: dict[str, str] = {}
-        while True:
-            for name in cluster.names:
-                try:
-                    async with grpc.aio.insecure_channel(cluster.address(name)) as channel:
-                        ring = await kvstore_pb2_grpc.KeyValueStub(channel).Ring(
-                            kvstore_pb2.RingRequest(), timeout=2.0
-                        )
-                except grpc.aio.AioRpcError as error:
-                    views[name] = f"error {error.code().name}"
-                    continue
-                views[name] = " ".join(
-                    f"{member.node_id}:{'up' if member.alive else 'down'}"
-                    for member in sorted(ring.members, key=lambda member: member.node_id)
+        async def view_of(address: str) -> str:
+            async with grpc.aio.insecure_channel(address) as channel:
+                ring = await kvstore_pb2_grpc.KeyValueStub(channel).Ring(
+                    kvstore_pb2.RingRequest(), timeout=2.0
                 )
-            settled = all(view.count(":up") == len(cluster.names) for view in views.values())
-            elapsed_s = round(loop.time() - started, 1)
-            if settled or elapsed_s > SETTLE_S_MAX:
-                return {"settled": settled, "settle_s": elapsed_s, "views": views}
-            await asyncio.sleep(SETTLE_POLL_S)
+            return " ".join(
+                f"{member.node_id}:{'up' if member.alive else 'down'}"
+                for member in sorted(ring.members, key=lambda member: member.node_id)
+            )
+
+        def agree(views: dict[str, str]) -> bool:
+            return all(view.count(":up") == len(cluster.names) for view in views.values())
+
+        return await poll_views(cluster, view_of, agree)
 
     async def finish(
         self,
@@ -257,25 +274,18 @@ class RaftSystem:
 
         from distlab.proto import raft_pb2, raft_pb2_grpc
 
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        views: dict[str, str] = {}
-        while True:
-            for name in cluster.names:
-                try:
-                    async with grpc.aio.insecure_channel(cluster.address(name)) as channel:
-                        status = await raft_pb2_grpc.RaftKeyValueStub(channel).Status(
-                            raft_pb2.RaftStatusRequest(), timeout=2.0
-                        )
-                    views[name] = f"{status.role} term {status.term} leader {status.leader}"
-                except grpc.aio.AioRpcError as error:
-                    views[name] = f"error {error.code().name}"
+        async def view_of(address: str) -> str:
+            async with grpc.aio.insecure_channel(address) as channel:
+                status = await raft_pb2_grpc.RaftKeyValueStub(channel).Status(
+                    raft_pb2.RaftStatusRequest(), timeout=2.0
+                )
+            return f"{status.role} term {status.term} leader {status.leader}"
+
+        def agree(views: dict[str, str]) -> bool:
             leaders = {view.rsplit(" ", 1)[-1] for view in views.values()}
-            settled = len(leaders) == 1 and "" not in leaders and "error" not in str(views)
-            elapsed_s = round(loop.time() - started, 1)
-            if settled or elapsed_s > SETTLE_S_MAX:
-                return {"settled": settled, "settle_s": elapsed_s, "views": views}
-            await asyncio.sleep(SETTLE_POLL_S)
+            return len(leaders) == 1 and "" not in leaders and "error" not in str(views)
+
+        return await poll_views(cluster, view_of, agree)
 
     async def finish(
         self,
