@@ -1,7 +1,8 @@
 """Node processes on this machine: start one with a port file, wait until it serves, stop it.
 
-Used by ``distlab up``, by the integration tests and (later) by the chaos harness, so that all
-three start, find and stop nodes the same way. Only processes started here are ever signalled,
+Used by ``distlab up``, the benchmarks, the integration tests and the chaos harness, so that all
+of them start, find and stop nodes the same way (``command`` picks the system: ``node`` for the
+key-value store, ``raft node`` for Raft). Only processes started here are ever signalled,
 by their own pid.
 """
 
