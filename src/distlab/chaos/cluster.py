@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,13 +42,21 @@ LEDGER_SUFFIX = ".durable.json"
 
 def reserve_ports(count: int, host: str = HOST) -> list[int]:
     """Ports free right now (held open together, so all distinct)."""
+    with held_ports(count, host) as ports:
+        return ports
+
+
+@contextlib.contextmanager
+def held_ports(count: int, host: str = HOST) -> Iterator[list[int]]:
+    """Free ports, kept bound until the block ends, so that nothing else in this process (a
+    proxy listening on port 0) is handed one of them meanwhile."""
     sockets = []
     try:
         for _ in range(count):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.bind((host, 0))
             sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
+        yield [sock.getsockname()[1] for sock in sockets]
     finally:
         for sock in sockets:
             sock.close()
@@ -82,7 +90,16 @@ class ChaosCluster:
 
     def start(self) -> None:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        ports = reserve_ports(len(self.names))
+        # The nodes' ports stay bound while the proxies pick theirs, or the kernel could give a
+        # proxy a port a node is about to listen on.
+        with held_ports(len(self.names)) as ports:
+            self._prepare(ports)
+        for node in self.nodes.values():
+            node.start(wait=False)
+        for node in self.nodes.values():
+            node.wait_serving()
+
+    def _prepare(self, ports: list[int]) -> None:
         real = {name: f"{HOST}:{port}" for name, port in zip(self.names, ports, strict=True)}
         self.network.start()
         self._started = True
@@ -120,10 +137,6 @@ class ChaosCluster:
                 port=port,
                 command=self.command,
             )
-        for node in self.nodes.values():
-            node.start(wait=False)
-        for node in self.nodes.values():
-            node.wait_serving()
 
     def stop(self) -> None:
         """Stop every node (resumed first, so SIGTERM is handled) and the proxies."""
