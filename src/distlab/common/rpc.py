@@ -21,6 +21,7 @@ import grpc.aio
 
 from distlab.common import errors
 from distlab.common.errors import DistlabError, ErrorKind
+from distlab.common.limits import Limits
 from distlab.proto import common_pb2
 
 ERROR_DETAIL_METADATA_KEY = "distlab-error-bin"  # "-bin": gRPC carries the value as raw bytes
@@ -38,6 +39,14 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: Distlab
         str(error),
         trailing_metadata=((ERROR_DETAIL_METADATA_KEY, detail.SerializeToString()),),
     )
+
+
+def deadline_s(context: grpc.aio.ServicerContext[Any, Any], limits: Limits) -> float:
+    """What is left of the call's deadline, capped by the node's limit (a call with none gets
+    the cap): the budget a servicer hands on to the work it starts."""
+    remaining = context.time_remaining()
+    cap_s = limits.deadline_ms_max / 1000
+    return cap_s if remaining is None else max(0.0, min(remaining, cap_s))
 
 
 def abort_on_error(method: MethodT) -> MethodT:

@@ -28,7 +28,7 @@ from distlab.common.group_commit import TooManyPendingAppendsError
 from distlab.common.limits import Limits
 from distlab.common.logs import log_event
 from distlab.common.metrics import NodeMetrics
-from distlab.common.rpc import abort_on_error
+from distlab.common.rpc import abort_on_error, deadline_s
 from distlab.common.server import ServerOptions, run_server
 from distlab.common.wal_file import WalFailedError
 from distlab.kvstore import codec
@@ -45,12 +45,6 @@ Context = grpc.aio.ServicerContext[Any, Any]
 # Merkle depth a peer may ask for: 2**16 leaves is already 2 MiB of hashes in one reply.
 MERKLE_DEPTH_MAX = 16
 FETCH_PAGE_KEYS_MAX = 5_000
-
-
-def _deadline_s(context: Context, limits: Limits) -> float:
-    remaining = context.time_remaining()
-    cap_s = limits.deadline_ms_max / 1000
-    return cap_s if remaining is None else max(0.0, min(remaining, cap_s))
 
 
 def _forwarded(context: Context) -> bool:
@@ -77,7 +71,7 @@ class KeyValueServicer(kvstore_pb2_grpc.KeyValueServicer):
                 request.w,
                 want_trace=request.trace,
                 forwarded=_forwarded(context),
-                deadline_s=_deadline_s(context, self.limits),
+                deadline_s=deadline_s(context, self.limits),
             ),
             self.stop,
         )
@@ -95,7 +89,7 @@ class KeyValueServicer(kvstore_pb2_grpc.KeyValueServicer):
                 request.key,
                 request.r,
                 want_trace=request.trace,
-                deadline_s=_deadline_s(context, self.limits),
+                deadline_s=deadline_s(context, self.limits),
             ),
             self.stop,
         )
@@ -118,7 +112,7 @@ class KeyValueServicer(kvstore_pb2_grpc.KeyValueServicer):
                 request.w,
                 want_trace=request.trace,
                 forwarded=_forwarded(context),
-                deadline_s=_deadline_s(context, self.limits),
+                deadline_s=deadline_s(context, self.limits),
             ),
             self.stop,
         )

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -346,7 +345,3 @@ def _converged(state: dict[str, str | None], replicas: int) -> bool:
 
 def _describe(error: grpc.aio.AioRpcError) -> str:
     return f"{error.code().name}: {error.details()}"
-
-
-def monotonic_ns_since(start_ns: int) -> Callable[[], int]:
-    return lambda: time.monotonic_ns() - start_ns

@@ -64,7 +64,6 @@ from distlab.raft.core import (
     ProposalDroppedError,
     RaftCore,
     Ready,
-    Role,
 )
 from distlab.raft.storage import RaftStorage
 
@@ -421,7 +420,3 @@ class RaftNode:
             "applied_index": core.applied_index,
             "voters": sorted(core.voters),
         }
-
-    @property
-    def is_leader(self) -> bool:
-        return self.core.role is Role.LEADER

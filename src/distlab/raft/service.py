@@ -18,7 +18,7 @@ from distlab.chaos.rpc_faults import LinkFaults
 from distlab.common.clock import SystemClock
 from distlab.common.errors import invalid_argument
 from distlab.common.limits import Limits
-from distlab.common.rpc import abort_on_error
+from distlab.common.rpc import abort_on_error, deadline_s
 from distlab.common.server import ServerOptions, run_server
 from distlab.proto import raft_pb2, raft_pb2_grpc
 from distlab.raft import codec
@@ -27,12 +27,6 @@ from distlab.raft.node import _DELETE, _PUT, RaftNode, RaftNodeOptions, encode_c
 Context = grpc.aio.ServicerContext[Any, Any]
 # Node-to-node batches hold at most this many messages (the sender batches 256).
 STEP_MESSAGES_MAX = 1024
-
-
-def _deadline_s(context: Context, limits: Limits) -> float:
-    remaining = context.time_remaining()
-    cap_s = limits.deadline_ms_max / 1000
-    return cap_s if remaining is None else max(0.0, min(remaining, cap_s))
 
 
 class RaftServicer(raft_pb2_grpc.RaftServicer):
@@ -67,7 +61,7 @@ class RaftKeyValueServicer(raft_pb2_grpc.RaftKeyValueServicer):
         self.limits.check_key(request.key)
         self.limits.check_value(request.value)
         index = await self.node.propose(
-            encode_command(_PUT, request.key, request.value), _deadline_s(context, self.limits)
+            encode_command(_PUT, request.key, request.value), deadline_s(context, self.limits)
         )
         return raft_pb2.RaftPutResponse(index=index)
 
@@ -77,7 +71,7 @@ class RaftKeyValueServicer(raft_pb2_grpc.RaftKeyValueServicer):
     ) -> raft_pb2.RaftDeleteResponse:
         self.limits.check_key(request.key)
         index = await self.node.propose(
-            encode_command(_DELETE, request.key), _deadline_s(context, self.limits)
+            encode_command(_DELETE, request.key), deadline_s(context, self.limits)
         )
         return raft_pb2.RaftDeleteResponse(index=index)
 
@@ -86,7 +80,7 @@ class RaftKeyValueServicer(raft_pb2_grpc.RaftKeyValueServicer):
         self, request: raft_pb2.RaftGetRequest, context: Context
     ) -> raft_pb2.RaftGetResponse:
         self.limits.check_key(request.key)
-        value, index = await self.node.read(request.key, _deadline_s(context, self.limits))
+        value, index = await self.node.read(request.key, deadline_s(context, self.limits))
         return raft_pb2.RaftGetResponse(found=value is not None, value=value or b"", index=index)
 
     @abort_on_error
