@@ -435,16 +435,25 @@ class Simulation:
             node.disk_free_at = self.now + self.rng.randint(1, 3)
             return
         ready = core.ready()
-        self._persist(node, ready)
-        if self.rng.random() < faults.crash_in_ready_probability:
-            # Persisted, some messages out, nothing applied, no advance.
+        if ready.send_before_persist:
+            # A leader's messages go out first (thesis 10.2.1); it may die before writing.
             for message in ready.messages:
-                if self.rng.random() < 0.5:
-                    self._send(message, faults)
-            self._crash(node)
-            return
-        for message in ready.messages:
-            self._send(message, faults)
+                self._send(message, faults)
+            if self.rng.random() < faults.crash_in_ready_probability:
+                self._crash(node)  # sent, nothing persisted
+                return
+            self._persist(node, ready)
+        else:
+            self._persist(node, ready)
+            if self.rng.random() < faults.crash_in_ready_probability:
+                # Persisted, some messages out, nothing applied, no advance.
+                for message in ready.messages:
+                    if self.rng.random() < 0.5:
+                        self._send(message, faults)
+                self._crash(node)
+                return
+            for message in ready.messages:
+                self._send(message, faults)
         if ready.snapshot is not None:
             self._install_snapshot(node, ready.snapshot)
         for entry in ready.committed:
@@ -475,6 +484,8 @@ class Simulation:
         if ready.entries:
             self._persist_entries(node, ready.entries)
         if ready.hard_state is not None:
+            if not ready.must_sync and self.rng.random() < 0.5:
+                return  # written without fsync, and as if a crash will lose it
             storage.hard_state = ready.hard_state
             self._observe_commit(node)
 
@@ -725,6 +736,13 @@ class Simulation:
             snapshot = core.snapshot
             assert snapshot is not None
             assert snapshot.index == index
+            # RaftStorage writes the hard state with the snapshot's mark, fsynced: a commit index
+            # it had written without fsync is durable from here on.
+            hard_state = storage.hard_state
+            storage.hard_state = HardState(
+                hard_state.term, hard_state.voted_for, max(hard_state.commit, core.commit_index)
+            )
+            self._observe_commit(node)
             position = index - storage.offset - 1
             storage.snapshot_chain = storage.chains[position]
             del storage.entries[: position + 1]

@@ -616,6 +616,103 @@ def test_pipelining_is_bounded_by_max_inflight_appends() -> None:
     assert cluster.nodes["n2"].last_index == 6
 
 
+def test_proposals_between_two_readies_share_one_append_per_follower() -> None:
+    """Thesis 10.2.2, batching: what was proposed since the last Ready goes out together."""
+    cluster = Cluster()
+    n1 = cluster.elect("n1")
+    for number in range(5):
+        n1.propose(f"c{number}".encode())
+    ready = n1.ready()
+    appends = [message for message in ready.messages if isinstance(message, AppendRequest)]
+    assert [(m.target, [e.data for e in m.entries]) for m in appends] == [
+        ("n2", [b"c0", b"c1", b"c2", b"c3", b"c4"]),
+        ("n3", [b"c0", b"c1", b"c2", b"c3", b"c4"]),
+    ]
+    assert ready.must_sync
+    cluster.stabilize()
+    assert n1.commit_index == 6
+
+
+def test_a_heartbeat_answer_unblocks_a_full_pipeline_after_a_lost_append() -> None:
+    """With one append in flight, a lost one would stall the follower until the retransmission
+    timeout; the next heartbeat's answer sends again instead, and the refusal backs off."""
+    cluster = Cluster(max_inflight_appends=1)
+    n1 = cluster.elect("n1")
+    n1.propose(b"lost")
+    cluster.drop(to("n2"))
+    n1.propose(b"waits")  # the pipeline to n2 is full: nothing goes out to it
+    assert not [m for m in cluster.take(AppendRequest) if m.target == "n2"]
+    cluster.heartbeat("n1")  # one heartbeat round, well inside an election timeout
+    n2 = cluster.nodes["n2"]
+    assert [entry.data for entry in n2.log_entries(2, n2.last_index + 1)] == [b"lost", b"waits"]
+
+
+def test_a_commit_index_alone_needs_no_fsync() -> None:
+    """etcd's MustSync: entries and a new term or vote must be durable before anyone hears of
+    them; a commit index may be lost in a crash, as the leader tells it again."""
+    cluster = Cluster()
+    n1 = cluster.elect("n1")
+    n1.propose(b"x")
+    cluster.deliver(lambda message: isinstance(message, AppendRequest))  # n2 and n3 append
+    cluster.deliver()  # their answers: n1 commits
+    commit_only = cluster.readies["n1"][-1]
+    assert commit_only.hard_state is not None
+    assert commit_only.hard_state.commit == 2
+    assert not commit_only.entries
+    assert not commit_only.must_sync
+    cluster.heartbeat("n1")  # the followers learn the commit index
+    follower_commit = cluster.readies["n2"][-1]
+    assert follower_commit.hard_state is not None
+    assert follower_commit.hard_state.commit == 2
+    assert not follower_commit.must_sync
+    vote = Cluster()
+    vote.elect("n1")  # after its pre-vote, n1 takes a new term and votes for itself
+    new_term = [ready for ready in vote.readies["n1"] if ready.hard_state and ready.hard_state.term]
+    assert new_term
+    assert new_term[0].hard_state == HardState(1, "n1", 0)
+    assert new_term[0].must_sync
+    assert not new_term[0].entries
+
+
+def test_a_leader_sends_before_persisting_and_counts_its_log_only_once_persisted() -> None:
+    """Thesis 10.2.1: the leader may write its log in parallel with its followers, and commit an
+    entry a majority of the *others* hold before it holds it on its own disk."""
+    cluster = Cluster()
+    n1 = cluster.elect("n1")
+    n1.propose(b"x")
+    ready = n1.ready()
+    assert ready.send_before_persist
+    assert ready.must_sync
+    answers = {}
+    for append in (m for m in ready.messages if isinstance(m, AppendRequest)):
+        follower = cluster.nodes[append.target]
+        follower.step(append)
+        follower_ready = follower.ready()
+        assert not follower_ready.send_before_persist  # an answer promises its disk
+        follower.advance(follower_ready)
+        (answers[append.target],) = follower_ready.messages
+    n1.step(answers["n2"])  # n2 holds it; n1 has not persisted it: one of three
+    assert n1.commit_index == 1
+    n1.step(answers["n3"])  # n2 and n3: a majority without n1's disk
+    assert n1.commit_index == 2
+    n1.advance(ready)
+
+    solo = Cluster()
+    leader = solo.elect("n1")
+    leader.propose(b"y")
+    first = leader.ready()
+    for append in (m for m in first.messages if isinstance(m, AppendRequest)):
+        if append.target == "n2":
+            follower = solo.nodes["n2"]
+            follower.step(append)
+            follower_ready = follower.ready()
+            follower.advance(follower_ready)
+            leader.step(follower_ready.messages[0])
+    assert leader.commit_index == 1  # n2 alone is not a majority while n1's copy is in memory
+    leader.advance(first)  # now persisted: n1 and n2
+    assert leader.commit_index == 2
+
+
 def test_a_lost_append_is_sent_again_after_an_election_timeout() -> None:
     """The network may drop anything; a leader that got no answer probes again."""
     cluster = Cluster()
@@ -806,6 +903,27 @@ def test_read_index_waits_for_a_heartbeat_round_from_a_majority() -> None:
     assert cluster.read_states["n1"] == []
     cluster.deliver()  # n2's acknowledgement: with n1 itself, a majority
     assert cluster.read_states["n1"] == [ReadState(42, 2)]
+
+
+def test_reads_that_arrive_during_a_round_share_the_next_one() -> None:
+    """etcd's read loop batching: one heartbeat round in flight; reads that arrive meanwhile
+    wait for it and then go together in the next, instead of a round each."""
+    cluster = Cluster()
+    n1 = cluster.elect("n1")
+    n1.read_index(1)
+    first_round = cluster.take(AppendRequest)
+    assert len(first_round) == 2
+    n1.read_index(2)
+    n1.read_index(3)
+    assert len(cluster.take(AppendRequest)) == 2  # no new round while one is in flight
+    cluster.deliver()  # the first round's heartbeats
+    cluster.deliver(lambda message: isinstance(message, AppendResponse))  # and answers
+    assert cluster.read_states["n1"] == [ReadState(1, 1)]
+    second_round = cluster.take(AppendRequest)
+    assert len(second_round) == 2
+    assert second_round[0].context > first_round[0].context
+    cluster.stabilize()
+    assert cluster.read_states["n1"] == [ReadState(1, 1), ReadState(2, 1), ReadState(3, 1)]
 
 
 def test_read_index_waits_for_the_first_commit_of_the_term() -> None:

@@ -15,8 +15,12 @@ Two kinds, both applied by one client interceptor on every channel a node opens 
 The chaos harness sets both through the FaultInjection service (``distlab.chaos.injection``);
 the TCP proxies of ``distlab.chaos.netproxy`` do the packet-like faults.
 
-What it leaves out: streaming RPCs (our node-to-node calls are unary), faults on the serving
-side, and calls already in flight when a rule changes (they finish under the old rules).
+One-way messages written on a long-lived stream (Raft's node-to-node transport) have no call of
+their own to intercept: their sender asks ``LinkFaults.message_fate`` what becomes of each batch
+instead, and the same rules apply to it as to a call of that RPC's name.
+
+What it leaves out: faults on the serving side, and calls already in flight when a rule changes
+(they finish under the old rules).
 """
 
 from __future__ import annotations
@@ -110,6 +114,34 @@ class LinkFaults:
                     return rule
                 return None
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFate:
+    """What becomes of one batch of one-way messages on a stream: ``copies`` of it are
+    delivered (0: lost, 2: duplicated) after ``delay_s``."""
+
+    copies: int
+    delay_s: float = 0.0
+
+
+DELIVERED = MessageFate(copies=1)
+
+
+def message_fate(faults: LinkFaults, address: str, method: str) -> MessageFate:
+    """The rules read for a one-way message: a cut link, a failed or a dropped call lose it; a
+    lost reply loses nothing (there is none); a delay holds it, and everything behind it on the
+    stream, as a slow link would; a duplicate delivers it twice."""
+    if faults.is_blocked(address):
+        return MessageFate(copies=0)
+    rule = faults.rule_for(address, method)
+    if rule is None or rule.action is RpcFaultAction.DROP_REPLY:
+        return DELIVERED
+    if rule.action in (RpcFaultAction.FAIL, RpcFaultAction.DROP):
+        return MessageFate(copies=0)
+    if rule.action is RpcFaultAction.DELAY:
+        return MessageFate(copies=1, delay_s=rule.delay_ms / 1000)
+    return MessageFate(copies=2)
 
 
 def _rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:

@@ -20,6 +20,8 @@ import grpc
 import grpc.aio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from distlab.common.rpc import Handler, WrappedHandlers
+
 # Buckets from 100 us (an in-memory get) to 10 s (a call near its deadline cap).
 LATENCY_BUCKETS_S = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -67,6 +69,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, metrics: NodeMetrics) -> None:
         self.metrics = metrics
+        self._handlers = WrappedHandlers()
 
     async def intercept_service(
         self,
@@ -78,11 +81,13 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        inner: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
-        inner = handler.unary_unary  # type: ignore[assignment]
-        method = handler_call_details.method.rsplit("/", 1)[-1]
+        return self._handlers.get(handler_call_details.method, handler, self._measured)
+
+    def _measured(self, inner: Handler, method_path: str) -> Handler:
+        method = method_path.rsplit("/", 1)[-1]
         total = self.metrics.rpc_total
         latency = self.metrics.rpc_latency_seconds.labels(method)
+        counted = {"OK": total.labels(method, "OK")}  # the common case, looked up once
 
         async def measured(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
@@ -98,10 +103,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 raise
             finally:
                 latency.observe(time.perf_counter() - started)
-                total.labels(method, code).inc()
+                counter = counted.get(code)
+                if counter is None:
+                    counter = counted[code] = total.labels(method, code)
+                counter.inc()
 
-        return grpc.unary_unary_rpc_method_handler(
-            measured,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return measured

@@ -50,6 +50,13 @@ def add_raft_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     node.add_argument("--tick-ms", type=int, default=50)
     node.add_argument("--fsync", choices=["always", "interval", "never"], default="always")
     node.add_argument("--snapshot-entries", type=int, default=10_000)
+    node.add_argument(
+        "--inflight-appends",
+        type=int,
+        default=1,
+        help="appends in flight to each follower (1 batches best on a busy machine; more "
+        "pipelines over a long round trip)",
+    )
     node.add_argument("--rng-seed", type=int)
     node.add_argument("--allow-fault-injection", action="store_true")
     node.add_argument("--peer-routes", type=Path, help="JSON map of peer address to dial")
@@ -94,6 +101,7 @@ def _run_node(args: argparse.Namespace) -> int:
             peers=parse_peers(args.peers),
             tick_ms=args.tick_ms,
             snapshot_entries=args.snapshot_entries,
+            inflight_appends=args.inflight_appends,
             wal=WalOptions(
                 fsync_policy=FsyncPolicy(args.fsync), durable_ledger=args.durable_ledger
             ),

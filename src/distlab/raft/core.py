@@ -45,8 +45,12 @@ makes Raft safe:
 
 1. Persist ``ready.hard_state`` (if not None), ``ready.snapshot`` (if not None: discard every
    stored entry and keep the snapshot) and ``ready.entries`` (first truncate the stored log from
-   ``entries[0].index``: they may replace a conflicting suffix), durably (fsync).
-2. Send ``ready.messages``. A vote or an acknowledgement promises what step 1 wrote.
+   ``entries[0].index``: they may replace a conflicting suffix), durably (fsync) when
+   ``ready.must_sync``; a Ready that changes only the commit index needs no fsync.
+2. Send ``ready.messages``. A vote or an acknowledgement promises what step 1 wrote. When
+   ``ready.send_before_persist`` (a leader's Ready), step 2 may come first, or run alongside
+   step 1: the leader counts its own log toward commitment only once ``advance`` reports it
+   written, so its followers' writes overlap its own (thesis 10.2.1).
 3. Install ``ready.snapshot`` in the state machine if there is one, then apply
    ``ready.committed`` in order, and answer the reads in ``ready.read_states`` once the applied
    index reaches theirs.
@@ -317,6 +321,14 @@ class Ready:
     role: Role
     leader: str | None
     term: int
+    # Whether step 1 needs an fsync: only if it writes entries or a snapshot, or changes the term
+    # or the vote. A commit index alone may be lost in a crash: the leader tells it again, and no
+    # promise rests on it (etcd's MustSync).
+    must_sync: bool
+    # Whether step 2 may come before step 1: a leader's appends and heartbeats promise nothing
+    # about its own disk, because it counts its log toward commitment only once ``advance``
+    # reports it persisted (thesis 10.2.1). Its followers then write while it writes.
+    send_before_persist: bool
 
     def empty(self) -> bool:
         """True when there is nothing to persist, send, apply or answer."""
@@ -509,6 +521,11 @@ class RaftCore:
         self._lead_transferee: str | None = None
         self._heartbeat_round = 0
         self._reads: deque[_ReadRequest] = deque()
+        # Sends owed by proposals and reads since the last Ready, made when the Ready is taken
+        # (``_send_owed``), so that everything proposed together shares one append per follower
+        # and every read one heartbeat round.
+        self._appends_owed = False
+        self._read_round_owed = False
 
     def _check_restored_log(self, hard_state: HardState) -> None:
         expected_index = self._offset + 1
@@ -645,9 +662,7 @@ class RaftCore:
         if len(self._reads) >= READ_REQUESTS_PENDING_MAX:
             raise ProposalDroppedError("too many reads waiting for a heartbeat round")
         self._reads.append(_ReadRequest(request_id, index=None, round=0))
-        if self._committed_in_term():
-            # Until then the commit index may be behind the previous leader's (thesis 6.4 step 1).
-            self._start_read_round()
+        self._read_round_owed = True
 
     def compact(self, index: int, data: bytes) -> None:
         """The application's snapshot of its state up to ``index`` (<= applied): drop the log up
@@ -670,7 +685,9 @@ class RaftCore:
 
     def has_ready(self) -> bool:
         return (
-            self._hard_state() != self._persisted_hard_state
+            self._appends_owed
+            or self._read_round_owed
+            or self._hard_state() != self._persisted_hard_state
             or self._unstable_from <= self.last_index
             or self._pending_snapshot is not None
             or bool(self._outbox)
@@ -680,14 +697,19 @@ class RaftCore:
         )
 
     def ready(self) -> Ready:
+        self._send_owed()
         hard_state = self._hard_state()
         assert self._unstable_from > self._offset
         first_to_apply = self._first_to_apply()
         last_to_apply = min(self._commit, first_to_apply + COMMITTED_ENTRIES_PER_READY_MAX - 1)
+        entries = tuple(self._log[self._unstable_from - self._offset - 1 :])
+        snapshot = self._pending_snapshot
+        persisted = self._persisted_hard_state
+        same_vote = (hard_state.term, hard_state.voted_for) == (persisted.term, persisted.voted_for)
         return Ready(
             hard_state=None if hard_state == self._persisted_hard_state else hard_state,
-            entries=tuple(self._log[self._unstable_from - self._offset - 1 :]),
-            snapshot=self._pending_snapshot,
+            entries=entries,
+            snapshot=snapshot,
             messages=tuple(self._outbox),
             committed=tuple(
                 self._log[first_to_apply - self._offset - 1 : last_to_apply - self._offset]
@@ -696,6 +718,8 @@ class RaftCore:
             role=self._role,
             leader=self._leader,
             term=self._term,
+            must_sync=bool(entries) or snapshot is not None or not same_vote,
+            send_before_persist=self._role is Role.LEADER and snapshot is None and same_vote,
         )
 
     def advance(self, ready: Ready) -> None:
@@ -708,6 +732,8 @@ class RaftCore:
             self._applied = max(self._applied, ready.snapshot.index)
         if ready.entries:
             self._mark_stable(ready.entries)
+            if self._role is Role.LEADER:
+                self._maybe_commit()  # its own log now counts (thesis 10.2.1)
         if ready.committed:
             self._applied = max(self._applied, ready.committed[-1].index)
         assert self._applied <= self._commit
@@ -1143,12 +1169,21 @@ class RaftCore:
     def _append_as_leader(self, kind: EntryKind, data: bytes) -> int:
         index = self.last_index + 1
         self._append([Entry(self._term, index, kind, data)])
-        if self._role is Role.LEADER:
-            self._maybe_commit()  # a cluster of one commits at once
-        if self._role is Role.LEADER:
+        self._appends_owed = True
+        return index
+
+    def _send_owed(self) -> None:
+        """The appends and the heartbeat round that proposals and reads since the last Ready
+        asked for: one each, however many there were. This is where proposals are batched (many
+        entries per append, so one fsync per batch on each follower), as etcd's server batches
+        reads into one ReadIndex round."""
+        if self._role is Role.LEADER and self._appends_owed:
             for peer in list(self._progress):
                 self._send_append(peer)
-        return index
+        if self._read_round_owed:
+            self._maybe_start_read_round()
+        self._appends_owed = False
+        self._read_round_owed = False
 
     def _send_append(self, peer: str) -> None:
         """Send what the follower's replication state allows: one probe, or a pipeline."""
@@ -1224,6 +1259,18 @@ class RaftCore:
             progress.acked_round = max(progress.acked_round, message.context)
             if progress.state is ReplicationState.PROBE:
                 progress.probe_sent = False  # the follower is reachable: probe again
+            elif (
+                progress.state is ReplicationState.REPLICATE
+                and progress.match < self.last_index
+                and len(progress.inflight) >= self._config.max_inflight_appends
+            ):
+                # The follower is reachable, behind, and the pipeline is full: an append may
+                # have been lost. Free a slot and send one more append now, empty if nothing is
+                # left to send: if an earlier one was lost, the follower refuses it and ``next``
+                # backs off, instead of the pipeline waiting out the retransmission timeout
+                # (etcd sends on a heartbeat response the same way).
+                progress.inflight.popleft()
+                self._send_entries(message.source, progress)
             self._advance_reads()
         if self._role is Role.LEADER and message.source in self._progress:
             self._send_append(message.source)
@@ -1279,7 +1326,10 @@ class RaftCore:
 
     def _maybe_commit(self) -> None:
         matches = {peer: progress.match for peer, progress in self._progress.items()}
-        matches[self._node_id] = self.last_index
+        # The leader's own log counts once persisted, not before: it may have sent its appends
+        # before writing them (thesis 10.2.1), and an entry on a majority of memories is not
+        # committed.
+        matches[self._node_id] = min(self._unstable_from - 1, self.last_index)
         candidate = quorum_commit_index(matches, self._voters)
         if candidate <= self._commit:
             return
@@ -1291,12 +1341,26 @@ class RaftCore:
         self._on_leader_commit()
 
     def _on_leader_commit(self) -> None:
-        if self._reads and self._reads[-1].index is None and self._committed_in_term():
-            self._start_read_round()
+        self._maybe_start_read_round()
         if self._node_id not in self._voters and self._config_index <= self._commit:
             self._become_follower(self._term, None)  # thesis 4.2.2: removed, and it is final
 
     # --- ReadIndex (thesis 6.4) ---
+
+    def _maybe_start_read_round(self) -> None:
+        """Start a round for the reads waiting without one, unless a round is still in flight:
+        reads that arrive meanwhile wait for it to finish and then share the next round, the
+        batching etcd's server does in its linearizable read loop. One round per read would cost
+        every read its own heartbeat to every follower."""
+        if (
+            self._role is Role.LEADER
+            and self._reads
+            and self._reads[0].index is None  # no round in flight: reads with one come first
+            # Until then the commit index may be behind the previous leader's (thesis 6.4 step
+            # 1); the first commit of the term starts the round (_on_leader_commit).
+            and self._committed_in_term()
+        ):
+            self._start_read_round()
 
     def _start_read_round(self) -> None:
         """Record the commit index for every read without one, and send the heartbeat round
@@ -1323,6 +1387,7 @@ class RaftCore:
             self._reads.popleft()
             assert read.index is not None
             self._read_states.append(ReadState(read.request_id, read.index))
+        self._maybe_start_read_round()
 
     def _send(self, message: Message) -> None:
         self._outbox.append(message)

@@ -7,6 +7,7 @@ node-to-node messages; ``RaftKeyValueServicer`` is the linearizable register cli
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,10 +23,11 @@ from distlab.common.rpc import abort_on_error, deadline_s
 from distlab.common.server import ServerOptions, run_server
 from distlab.proto import raft_pb2, raft_pb2_grpc
 from distlab.raft import codec
+from distlab.raft.core import Message
 from distlab.raft.node import _DELETE, _PUT, RaftNode, RaftNodeOptions, encode_command
 
 Context = grpc.aio.ServicerContext[Any, Any]
-# Node-to-node batches hold at most this many messages (the sender batches 256).
+# A batch on a node-to-node stream holds at most this many messages (the sender batches 256).
 STEP_MESSAGES_MAX = 1024
 
 
@@ -34,9 +36,17 @@ class RaftServicer(raft_pb2_grpc.RaftServicer):
         self.node = node
 
     @abort_on_error
-    async def Step(self, request: raft_pb2.StepRequest, context: Context) -> raft_pb2.StepResponse:
+    async def Step(
+        self, requests: AsyncIterator[raft_pb2.StepRequest], context: Context
+    ) -> raft_pb2.StepResponse:
+        """A peer's stream of message batches, open for as long as the peer keeps it."""
+        async for request in requests:
+            self.node.receive(self._messages(request))
+        return raft_pb2.StepResponse()
+
+    def _messages(self, request: raft_pb2.StepRequest) -> list[Message]:
         if len(request.messages) > STEP_MESSAGES_MAX:
-            raise invalid_argument("messages", f"at most {STEP_MESSAGES_MAX} per call")
+            raise invalid_argument("messages", f"at most {STEP_MESSAGES_MAX} per batch")
         try:
             messages = [codec.message_from_proto(message) for message in request.messages]
         except ValueError as error:
@@ -45,8 +55,7 @@ class RaftServicer(raft_pb2_grpc.RaftServicer):
             raise invalid_argument(
                 "messages", f"addressed to another node than {self.node.node_id}"
             )
-        self.node.receive(messages)
-        return raft_pb2.StepResponse()
+        return messages
 
 
 class RaftKeyValueServicer(raft_pb2_grpc.RaftKeyValueServicer):

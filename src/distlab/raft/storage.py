@@ -770,11 +770,15 @@ class RaftStorage:
         hard_state: HardState | None,
         entries: Sequence[Entry],
         snapshot: Snapshot | None,
+        *,
+        sync: bool = True,
     ) -> None:
         """Step 1 of the Ready recipe: persist all three as one batch, with one fsync under
-        FsyncPolicy.ALWAYS. ``snapshot`` replaces every stored entry; ``entries`` starting at or
-        before the last index replace the stored suffix from their first index. ValueError, with
-        nothing written, for a batch over the limits or one that does not continue the log."""
+        FsyncPolicy.ALWAYS unless ``sync`` is False (``Ready.must_sync``: only a new commit
+        index, which a crash may lose). ``snapshot`` replaces every stored entry; ``entries``
+        starting at or before the last index replace the stored suffix from their first index.
+        ValueError, with nothing written, for a batch over the limits or one that does not
+        continue the log."""
         entries = tuple(entries)
         if hard_state is not None:
             _check_hard_state_fields(hard_state)
@@ -806,7 +810,7 @@ class RaftStorage:
                     f"BATCH_BYTES_MAX = {BATCH_BYTES_MAX} bytes"
                 )
             sequence = self._write_batch(body)
-            if self._wal.options.fsync_policy is FsyncPolicy.ALWAYS:
+            if sync and self._wal.options.fsync_policy is FsyncPolicy.ALWAYS:
                 self._wal.sync()
             _apply_batch(self._log, batch, sequence)
 
