@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +22,7 @@ DEADLINE_S = 30.0
 LEADER_HINT = re.compile(r"address=(\S+)")
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[list[NodeProcess]]:
+def start_cluster(tmp_path: Path, *arguments: str) -> Iterator[list[NodeProcess]]:
     ports = reserve_ports(3)
     peers = ",".join(f"n{index + 1}=127.0.0.1:{port}" for index, port in enumerate(ports))
     nodes = [
@@ -29,7 +30,7 @@ def cluster(tmp_path: Path) -> Iterator[list[NodeProcess]]:
             name=f"n{index + 1}",
             data_dir=tmp_path / f"n{index + 1}",
             log_path=tmp_path / f"n{index + 1}.log",
-            arguments=["--peers", peers, "--rng-seed", str(index)],
+            arguments=["--peers", peers, "--rng-seed", str(index), *arguments],
             port=port,
             command=("raft", "node"),
         )
@@ -44,6 +45,26 @@ def cluster(tmp_path: Path) -> Iterator[list[NodeProcess]]:
     finally:
         for node in nodes:
             node.kill()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[list[NodeProcess]]:
+    yield from start_cluster(tmp_path)
+
+
+@pytest.fixture
+def compacting_cluster(tmp_path: Path) -> Iterator[list[NodeProcess]]:
+    """Compacts every 4 applied entries, so a restart recovers from a snapshot."""
+    yield from start_cluster(tmp_path, "--snapshot-entries", "4")
+
+
+def restart_all(nodes: list[NodeProcess]) -> None:
+    for node in nodes:
+        node.kill()
+    for node in nodes:
+        node.start(wait=False)
+    for node in nodes:
+        node.wait_serving()
 
 
 def call(nodes: list[NodeProcess], method: str, request: object) -> object:
@@ -113,12 +134,7 @@ def test_writes_survive_the_leaders_death_and_a_restart_of_everyone(
     assert get(cluster, "k") == "v2"
     assert leader_of(cluster) is not first
 
-    for node in cluster:
-        node.kill()
-    for node in cluster:
-        node.start(wait=False)
-    for node in cluster:
-        node.wait_serving()
+    restart_all(cluster)
     assert get(cluster, "k") == "v2"
 
 
@@ -132,3 +148,70 @@ def test_a_follower_refuses_reads_and_names_the_leader(cluster: list[NodeProcess
         raft_pb2_grpc.RaftKeyValueStub(channel).Get(raft_pb2.RaftGetRequest(key=b"k"), timeout=5)
     assert refusal.value.code() is grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
     assert leader.address in (refusal.value.details() or "")  # type: ignore[attr-defined]
+
+
+def refusal_of(node: NodeProcess, request: raft_pb2.RaftPutRequest) -> grpc.RpcError:
+    with grpc.insecure_channel(node.address) as channel, pytest.raises(grpc.RpcError) as refusal:
+        raft_pb2_grpc.RaftKeyValueStub(channel).Put(request, timeout=5)
+    return refusal.value
+
+
+def test_a_retried_write_of_a_session_is_applied_once(
+    compacting_cluster: list[NodeProcess],
+) -> None:
+    """Thesis 6.3: a client that retries a write it got no answer for gets the first answer,
+    and the write is not applied a second time, even across snapshots and restarts."""
+    nodes = compacting_cluster
+    first = call(
+        nodes, "Put", raft_pb2.RaftPutRequest(key=b"k", value=b"v1", client_id=7, sequence=1)
+    )
+    assert isinstance(first, raft_pb2.RaftPutResponse)
+    put(nodes, "k", "v2")  # another writer, without a session
+    for number in range(8):  # enough entries to compact the log past the first write
+        put(nodes, f"other-{number}", "x")
+    restart_all(nodes)
+    retried = call(
+        nodes, "Put", raft_pb2.RaftPutRequest(key=b"k", value=b"v1", client_id=7, sequence=1)
+    )
+    assert isinstance(retried, raft_pb2.RaftPutResponse)
+    assert retried.index == first.index  # answered from the session table
+    assert get(nodes, "k") == "v2"  # and v1 was not written again over v2
+
+    call(nodes, "Put", raft_pb2.RaftPutRequest(key=b"k", value=b"v3", client_id=7, sequence=2))
+    assert get(nodes, "k") == "v3"
+    leader = leader_of(nodes)
+    stale = refusal_of(
+        leader, raft_pb2.RaftPutRequest(key=b"k", value=b"v1", client_id=7, sequence=1)
+    )
+    assert stale.code() is grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+    assert "stale" in (stale.details() or "")  # type: ignore[attr-defined]
+    # An unknown session past its first command has expired: refused, not applied.
+    expired = refusal_of(
+        leader, raft_pb2.RaftPutRequest(key=b"k", value=b"v9", client_id=8, sequence=5)
+    )
+    assert "expired" in (expired.details() or "")  # type: ignore[attr-defined]
+    assert get(nodes, "k") == "v3"
+    half = refusal_of(leader, raft_pb2.RaftPutRequest(key=b"k", value=b"v9", client_id=8))
+    assert half.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+
+
+def run_cli(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "distlab.cli", "raft", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_command_line_follows_the_leader_hint(cluster: list[NodeProcess]) -> None:
+    leader = leader_of(cluster)
+    follower = next(node for node in cluster if node is not leader)
+    written = run_cli("put", "greeting", "hello", "--to", follower.address)
+    assert written.returncode == 0, written.stderr
+    assert written.stdout.startswith("OK (index ")
+    read = run_cli("get", "greeting", "--to", follower.address)
+    assert (read.returncode, read.stdout.strip()) == (0, "hello")
+    missing = run_cli("get", "nothing", "--to", leader.address)
+    assert (missing.returncode, missing.stdout.strip()) == (1, "(not found)")

@@ -38,6 +38,8 @@ DECLARED_PURE = (
     "distlab.chaos.nemesis",
     "distlab.chaos.linearizability",
     "distlab.chaos.checkers",
+    "distlab.raft.sessions",
+    "distlab.raft.register",
 )
 FORBIDDEN_IMPORTS = frozenset(
     {"asyncio", "grpc", "socket", "os", "io", "time", "threading", "subprocess", "selectors"}

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64istlab/proto/raft.proto\x12\ndistlab.v1\"D\n\tRaftEntry\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"I\n\x0cRaftSnapshot\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x0e\n\x06voters\x18\x03 \x03(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\xd2\x03\n\x0bRaftMessage\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x33\n\x0cvote_request\x18\n \x01(\x0b\x32\x1b.distlab.v1.VoteRequestBodyH\x00\x12\x35\n\rvote_response\x18\x0b \x01(\x0b\x32\x1c.distlab.v1.VoteResponseBodyH\x00\x12\x37\n\x0e\x61ppend_request\x18\x0c \x01(\x0b\x32\x1d.distlab.v1.AppendRequestBodyH\x00\x12\x39\n\x0f\x61ppend_response\x18\r \x01(\x0b\x32\x1e.distlab.v1.AppendResponseBodyH\x00\x12;\n\x10snapshot_request\x18\x0e \x01(\x0b\x32\x1f.distlab.v1.SnapshotRequestBodyH\x00\x12=\n\x11snapshot_response\x18\x0f \x01(\x0b\x32 .distlab.v1.SnapshotResponseBodyH\x00\x12\x31\n\x0btimeout_now\x18\x10 \x01(\x0b\x32\x1a.distlab.v1.TimeoutNowBodyH\x00\x42\x06\n\x04\x62ody\"\\\n\x0fVoteRequestBody\x12\x12\n\nlast_index\x18\x01 \x01(\x04\x12\x11\n\tlast_term\x18\x02 \x01(\x04\x12\x10\n\x08pre_vote\x18\x03 \x01(\x08\x12\x10\n\x08transfer\x18\x04 \x01(\x08\"5\n\x10VoteResponseBody\x12\x0f\n\x07granted\x18\x01 \x01(\x08\x12\x10\n\x08pre_vote\x18\x02 \x01(\x08\"\x83\x01\n\x11\x41ppendRequestBody\x12\x12\n\nprev_index\x18\x01 \x01(\x04\x12\x11\n\tprev_term\x18\x02 \x01(\x04\x12&\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x15.distlab.v1.RaftEntry\x12\x0e\n\x06\x63ommit\x18\x04 \x01(\x04\x12\x0f\n\x07\x63ontext\x18\x05 \x01(\x04\"c\n\x12\x41ppendResponseBody\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x13\n\x0bmatch_index\x18\x02 \x01(\x04\x12\x16\n\x0e\x63onflict_index\x18\x03 \x01(\x04\x12\x0f\n\x07\x63ontext\x18\x04 \x01(\x04\"A\n\x13SnapshotRequestBody\x12*\n\x08snapshot\x18\x01 \x01(\x0b\x32\x18.distlab.v1.RaftSnapshot\"+\n\x14SnapshotResponseBody\x12\x13\n\x0bmatch_index\x18\x01 \x01(\x04\"\x10\n\x0eTimeoutNowBody\"8\n\x0bStepRequest\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.distlab.v1.RaftMessage\"\x0e\n\x0cStepResponse\",\n\x0eRaftPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\" \n\x0fRaftPutResponse\x12\r\n\x05index\x18\x01 \x01(\x04\"\x1d\n\x0eRaftGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\">\n\x0fRaftGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\r\n\x05index\x18\x03 \x01(\x04\" \n\x11RaftDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"#\n\x12RaftDeleteResponse\x12\r\n\x05index\x18\x01 \x01(\x04\"\x13\n\x11RaftStatusRequest\"\xa6\x01\n\x12RaftStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x0e\n\x06leader\x18\x04 \x01(\t\x12\x16\n\x0eleader_address\x18\x05 \x01(\t\x12\x14\n\x0c\x63ommit_index\x18\x06 \x01(\x04\x12\x15\n\rapplied_index\x18\x07 \x01(\x04\x12\x0e\n\x06voters\x18\x08 \x03(\t2C\n\x04Raft\x12;\n\x04Step\x12\x17.distlab.v1.StepRequest\x1a\x18.distlab.v1.StepResponse(\x01\x32\xa0\x02\n\x0cRaftKeyValue\x12>\n\x03Put\x12\x1a.distlab.v1.RaftPutRequest\x1a\x1b.distlab.v1.RaftPutResponse\x12>\n\x03Get\x12\x1a.distlab.v1.RaftGetRequest\x1a\x1b.distlab.v1.RaftGetResponse\x12G\n\x06\x44\x65lete\x12\x1d.distlab.v1.RaftDeleteRequest\x1a\x1e.distlab.v1.RaftDeleteResponse\x12G\n\x06Status\x12\x1d.distlab.v1.RaftStatusRequest\x1a\x1e.distlab.v1.RaftStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64istlab/proto/raft.proto\x12\ndistlab.v1\"D\n\tRaftEntry\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"I\n\x0cRaftSnapshot\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x0e\n\x06voters\x18\x03 \x03(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\xd2\x03\n\x0bRaftMessage\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x33\n\x0cvote_request\x18\n \x01(\x0b\x32\x1b.distlab.v1.VoteRequestBodyH\x00\x12\x35\n\rvote_response\x18\x0b \x01(\x0b\x32\x1c.distlab.v1.VoteResponseBodyH\x00\x12\x37\n\x0e\x61ppend_request\x18\x0c \x01(\x0b\x32\x1d.distlab.v1.AppendRequestBodyH\x00\x12\x39\n\x0f\x61ppend_response\x18\r \x01(\x0b\x32\x1e.distlab.v1.AppendResponseBodyH\x00\x12;\n\x10snapshot_request\x18\x0e \x01(\x0b\x32\x1f.distlab.v1.SnapshotRequestBodyH\x00\x12=\n\x11snapshot_response\x18\x0f \x01(\x0b\x32 .distlab.v1.SnapshotResponseBodyH\x00\x12\x31\n\x0btimeout_now\x18\x10 \x01(\x0b\x32\x1a.distlab.v1.TimeoutNowBodyH\x00\x42\x06\n\x04\x62ody\"\\\n\x0fVoteRequestBody\x12\x12\n\nlast_index\x18\x01 \x01(\x04\x12\x11\n\tlast_term\x18\x02 \x01(\x04\x12\x10\n\x08pre_vote\x18\x03 \x01(\x08\x12\x10\n\x08transfer\x18\x04 \x01(\x08\"5\n\x10VoteResponseBody\x12\x0f\n\x07granted\x18\x01 \x01(\x08\x12\x10\n\x08pre_vote\x18\x02 \x01(\x08\"\x83\x01\n\x11\x41ppendRequestBody\x12\x12\n\nprev_index\x18\x01 \x01(\x04\x12\x11\n\tprev_term\x18\x02 \x01(\x04\x12&\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x15.distlab.v1.RaftEntry\x12\x0e\n\x06\x63ommit\x18\x04 \x01(\x04\x12\x0f\n\x07\x63ontext\x18\x05 \x01(\x04\"c\n\x12\x41ppendResponseBody\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x13\n\x0bmatch_index\x18\x02 \x01(\x04\x12\x16\n\x0e\x63onflict_index\x18\x03 \x01(\x04\x12\x0f\n\x07\x63ontext\x18\x04 \x01(\x04\"A\n\x13SnapshotRequestBody\x12*\n\x08snapshot\x18\x01 \x01(\x0b\x32\x18.distlab.v1.RaftSnapshot\"+\n\x14SnapshotResponseBody\x12\x13\n\x0bmatch_index\x18\x01 \x01(\x04\"\x10\n\x0eTimeoutNowBody\"8\n\x0bStepRequest\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.distlab.v1.RaftMessage\"\x0e\n\x0cStepResponse\"Q\n\x0eRaftPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x11\n\tclient_id\x18\x03 \x01(\x04\x12\x10\n\x08sequence\x18\x04 \x01(\x04\" \n\x0fRaftPutResponse\x12\r\n\x05index\x18\x01 \x01(\x04\"\x1d\n\x0eRaftGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\">\n\x0fRaftGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\r\n\x05index\x18\x03 \x01(\x04\"E\n\x11RaftDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x11\n\tclient_id\x18\x02 \x01(\x04\x12\x10\n\x08sequence\x18\x03 \x01(\x04\"#\n\x12RaftDeleteResponse\x12\r\n\x05index\x18\x01 \x01(\x04\"\x13\n\x11RaftStatusRequest\"\xa6\x01\n\x12RaftStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x0e\n\x06leader\x18\x04 \x01(\t\x12\x16\n\x0eleader_address\x18\x05 \x01(\t\x12\x14\n\x0c\x63ommit_index\x18\x06 \x01(\x04\x12\x15\n\rapplied_index\x18\x07 \x01(\x04\x12\x0e\n\x06voters\x18\x08 \x03(\t2C\n\x04Raft\x12;\n\x04Step\x12\x17.distlab.v1.StepRequest\x1a\x18.distlab.v1.StepResponse(\x01\x32\xa0\x02\n\x0cRaftKeyValue\x12>\n\x03Put\x12\x1a.distlab.v1.RaftPutRequest\x1a\x1b.distlab.v1.RaftPutResponse\x12>\n\x03Get\x12\x1a.distlab.v1.RaftGetRequest\x1a\x1b.distlab.v1.RaftGetResponse\x12G\n\x06\x44\x65lete\x12\x1d.distlab.v1.RaftDeleteRequest\x1a\x1e.distlab.v1.RaftDeleteResponse\x12G\n\x06Status\x12\x1d.distlab.v1.RaftStatusRequest\x1a\x1e.distlab.v1.RaftStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -56,23 +56,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STEPRESPONSE']._serialized_start=1226
   _globals['_STEPRESPONSE']._serialized_end=1240
   _globals['_RAFTPUTREQUEST']._serialized_start=1242
-  _globals['_RAFTPUTREQUEST']._serialized_end=1286
-  _globals['_RAFTPUTRESPONSE']._serialized_start=1288
-  _globals['_RAFTPUTRESPONSE']._serialized_end=1320
-  _globals['_RAFTGETREQUEST']._serialized_start=1322
-  _globals['_RAFTGETREQUEST']._serialized_end=1351
-  _globals['_RAFTGETRESPONSE']._serialized_start=1353
-  _globals['_RAFTGETRESPONSE']._serialized_end=1415
-  _globals['_RAFTDELETEREQUEST']._serialized_start=1417
-  _globals['_RAFTDELETEREQUEST']._serialized_end=1449
-  _globals['_RAFTDELETERESPONSE']._serialized_start=1451
-  _globals['_RAFTDELETERESPONSE']._serialized_end=1486
-  _globals['_RAFTSTATUSREQUEST']._serialized_start=1488
-  _globals['_RAFTSTATUSREQUEST']._serialized_end=1507
-  _globals['_RAFTSTATUSRESPONSE']._serialized_start=1510
-  _globals['_RAFTSTATUSRESPONSE']._serialized_end=1676
-  _globals['_RAFT']._serialized_start=1678
-  _globals['_RAFT']._serialized_end=1745
-  _globals['_RAFTKEYVALUE']._serialized_start=1748
-  _globals['_RAFTKEYVALUE']._serialized_end=2036
+  _globals['_RAFTPUTREQUEST']._serialized_end=1323
+  _globals['_RAFTPUTRESPONSE']._serialized_start=1325
+  _globals['_RAFTPUTRESPONSE']._serialized_end=1357
+  _globals['_RAFTGETREQUEST']._serialized_start=1359
+  _globals['_RAFTGETREQUEST']._serialized_end=1388
+  _globals['_RAFTGETRESPONSE']._serialized_start=1390
+  _globals['_RAFTGETRESPONSE']._serialized_end=1452
+  _globals['_RAFTDELETEREQUEST']._serialized_start=1454
+  _globals['_RAFTDELETEREQUEST']._serialized_end=1523
+  _globals['_RAFTDELETERESPONSE']._serialized_start=1525
+  _globals['_RAFTDELETERESPONSE']._serialized_end=1560
+  _globals['_RAFTSTATUSREQUEST']._serialized_start=1562
+  _globals['_RAFTSTATUSREQUEST']._serialized_end=1581
+  _globals['_RAFTSTATUSRESPONSE']._serialized_start=1584
+  _globals['_RAFTSTATUSRESPONSE']._serialized_end=1750
+  _globals['_RAFT']._serialized_start=1752
+  _globals['_RAFT']._serialized_end=1819
+  _globals['_RAFTKEYVALUE']._serialized_start=1822
+  _globals['_RAFTKEYVALUE']._serialized_end=2110
 # @@protoc_insertion_point(module_scope)

@@ -336,21 +336,33 @@ Global___StepResponse: _TypeAlias = StepResponse  # noqa: Y015
 
 @_typing.final
 class RaftPutRequest(_message.Message):
+    """A write may name a client session (thesis 6.3): a random client_id and the
+    command's sequence number, 1, 2, ... one at a time. A retry with the same pair
+    is answered from the first application instead of being applied again. Both
+    0: no session.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KEY_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
     key: _builtins.bytes
     value: _builtins.bytes
+    client_id: _builtins.int
+    sequence: _builtins.int
     def __init__(
         self,
         *,
         key: _builtins.bytes = ...,
         value: _builtins.bytes = ...,
+        client_id: _builtins.int = ...,
+        sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "key", b"key", "sequence", b"sequence", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -426,15 +438,21 @@ class RaftDeleteRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     KEY_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
     key: _builtins.bytes
+    client_id: _builtins.int
+    sequence: _builtins.int
     def __init__(
         self,
         *,
         key: _builtins.bytes = ...,
+        client_id: _builtins.int = ...,
+        sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "key", b"key", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

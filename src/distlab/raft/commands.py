@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import logging
+import random
 import re
 import sys
 from pathlib import Path
@@ -23,9 +24,10 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 CLIENT_DEADLINE_S = 5.0
-# A client follows at most this many "not the leader" answers before giving up.
+# A client follows at most this many "not the leader" answers and retries before giving up.
 REDIRECTS_MAX = 5
 _LEADER_HINT = re.compile(r"address=(\S+)")
+_RETRIED = frozenset({"DEADLINE_EXCEEDED", "UNAVAILABLE"})
 
 
 def add_raft_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -131,19 +133,29 @@ def _run_client(args: argparse.Namespace) -> int:
     from distlab.proto import raft_pb2, raft_pb2_grpc
 
     target = args.to
+    # One session per command line (thesis 6.3): a write retried after a timeout is applied once.
+    client_id = random.SystemRandom().randrange(1, 2**64)
     for _ in range(REDIRECTS_MAX):
         with grpc.insecure_channel(target) as channel:
             stub = raft_pb2_grpc.RaftKeyValueStub(channel)
             try:
                 if args.operation == "put":
                     reply = stub.Put(
-                        raft_pb2.RaftPutRequest(key=args.key.encode(), value=args.value.encode()),
+                        raft_pb2.RaftPutRequest(
+                            key=args.key.encode(),
+                            value=args.value.encode(),
+                            client_id=client_id,
+                            sequence=1,
+                        ),
                         timeout=CLIENT_DEADLINE_S,
                     )
                     print(f"OK (index {reply.index})")
                 elif args.operation == "delete":
                     deleted = stub.Delete(
-                        raft_pb2.RaftDeleteRequest(key=args.key.encode()), timeout=CLIENT_DEADLINE_S
+                        raft_pb2.RaftDeleteRequest(
+                            key=args.key.encode(), client_id=client_id, sequence=1
+                        ),
+                        timeout=CLIENT_DEADLINE_S,
                     )
                     print(f"OK (index {deleted.index})")
                 elif args.operation == "get":
@@ -168,7 +180,9 @@ def _run_client(args: argparse.Namespace) -> int:
                 ):
                     target = hint.group(1)
                     continue
+                if call.code().name in _RETRIED:
+                    continue  # with the same session: if the first try was applied, this one is not
                 print(f"error: {call.code().name}: {call.details()}", file=sys.stderr)
                 return EXIT_FAILED
-    print("error: too many leader redirects", file=sys.stderr)
+    print("error: too many leader redirects or retries", file=sys.stderr)
     return EXIT_FAILED

@@ -1,5 +1,6 @@
 """The shell around ``distlab.raft.core``: a Raft node with durable storage, a network and a
-linearizable key-value register as its state machine.
+replicated state machine: ``propose(command) -> Applied`` and ``read(query) -> Applied`` over any
+``StateMachine`` (``distlab raft node`` runs the key-value register of ``distlab.raft.register``).
 
 The core does no I/O; this module does all of it, on one asyncio loop, in the order the core's
 Ready recipe demands. One driver task owns the core: nothing else calls it, so a Ready is
@@ -16,10 +17,12 @@ The driver loop, each turn:
 3. Send its messages (each peer has a sender task writing batches on one long-lived stream; a
    full queue drops, as a lossy network would, and Raft retransmits). A leader sends first and
    persists while its followers do (``Ready.send_before_persist``, thesis 10.2.1).
-4. Apply its committed entries to the register in order and answer the proposals waiting on
-   them; install a received snapshot first; answer the reads whose read index is applied.
-5. ``advance`` the core; every ``snapshot_entries`` applied entries, compact: the register's
-   state becomes the snapshot and the log before it is dropped.
+4. Apply its committed entries to the state machine in order, through the session table
+   (thesis 6.3: a retried command is answered, not applied again), and answer the proposals
+   waiting on them; install a received snapshot first; answer the reads whose read index is
+   applied.
+5. ``advance`` the core; every ``snapshot_entries`` applied entries, compact: the sessions and
+   the state machine's snapshot become the snapshot and the log before it is dropped.
 
 A proposal is answered when its entry is applied: definitely failed when another entry took its
 index (it was never committed and never will be), indefinitely (DEADLINE_EXCEEDED) if it is
@@ -27,8 +30,7 @@ still pending at the deadline. A read is served through ReadIndex (thesis 6.4): 
 without writing to the log. Writes and reads on a follower fail with FAILED_PRECONDITION naming
 the leader.
 
-What it leaves out: client sessions (thesis 6.3), so a client that retries an indefinite write
-may apply it twice; proposals forwarded by followers; membership changes from the command line.
+What it leaves out: proposals forwarded by followers; membership changes from the command line.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import grpc.aio
@@ -66,6 +68,7 @@ from distlab.raft.core import (
     RaftCore,
     Ready,
 )
+from distlab.raft.sessions import SESSION_NONE, Outcome, SessionTable
 from distlab.raft.storage import RaftStorage
 
 logger = logging.getLogger("distlab.raft")
@@ -100,44 +103,46 @@ INFLIGHT_APPENDS_DEFAULT = 1
 # Compact after this many applied entries: restart replays at most this many.
 SNAPSHOT_ENTRIES_DEFAULT = 10_000
 
-_PUT, _DELETE = 1, 2
-_COMMAND = struct.Struct(">BI")  # op, key length; then key, then value
+# A logged command: the client's session id and sequence number (thesis 6.3), then the command.
+_ENVELOPE = struct.Struct(">QQ")
+# A snapshot: the session table's length, the table, then the state machine's snapshot.
+_SNAPSHOT_HEADER = struct.Struct(">I")
 
 
-def encode_command(op: int, key: bytes, value: bytes = b"") -> bytes:
-    return _COMMAND.pack(op, len(key)) + key + value
+class StateMachine(Protocol):
+    """The application a Raft node replicates. It must be deterministic: every replica applies
+    the same commands in the same order and must reach the same state and responses."""
+
+    def apply(self, command: bytes) -> bytes:
+        """Apply a committed command; the response goes back to the proposer."""
+        ...
+
+    def query(self, query: bytes) -> bytes:
+        """Answer a read-only query from the applied state."""
+        ...
+
+    def snapshot(self) -> bytes: ...
+
+    def restore(self, data: bytes) -> None: ...
 
 
-def decode_command(data: bytes) -> tuple[int, bytes, bytes]:
-    op, key_length = _COMMAND.unpack_from(data)
-    start = _COMMAND.size
-    return op, data[start : start + key_length], data[start + key_length :]
+@dataclass(frozen=True, slots=True)
+class Session:
+    """Who proposes (a random 64-bit id, not 0) and which of its commands this is (1, 2, ...,
+    one at a time; a retry reuses the number): thesis 6.3."""
+
+    client_id: int
+    sequence: int
+
+    def __post_init__(self) -> None:
+        if not 0 < self.client_id < 2**64 or not 0 < self.sequence < 2**64:
+            raise ValueError("a session needs a client id and a sequence number in [1, 2**64)")
 
 
-def encode_state(state: dict[bytes, bytes]) -> bytes:
-    parts = [struct.pack(">I", len(state))]
-    for key in sorted(state):
-        value = state[key]
-        parts.append(struct.pack(">II", len(key), len(value)))
-        parts.append(key)
-        parts.append(value)
-    return b"".join(parts)
-
-
-def decode_state(data: bytes) -> dict[bytes, bytes]:
-    if not data:
-        return {}
-    (count,) = struct.unpack_from(">I", data)
-    offset = 4
-    state = {}
-    for _ in range(count):
-        key_length, value_length = struct.unpack_from(">II", data, offset)
-        offset += 8
-        key = data[offset : offset + key_length]
-        offset += key_length
-        state[key] = data[offset : offset + value_length]
-        offset += value_length
-    return state
+@dataclass(frozen=True, slots=True)
+class Applied:
+    index: int  # the log index it was applied at (a read: the read index)
+    response: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,12 +191,19 @@ class _PeerStream:
 @dataclass
 class _Pending:
     term: int
-    future: asyncio.Future[int]
+    future: asyncio.Future[Applied]
 
 
 class RaftNode:
-    def __init__(self, options: RaftNodeOptions, faults: LinkFaults | None = None) -> None:
+    def __init__(
+        self,
+        options: RaftNodeOptions,
+        state_machine: StateMachine,
+        faults: LinkFaults | None = None,
+    ) -> None:
         self.options = options
+        self.state_machine = state_machine
+        self.sessions = SessionTable()
         self.faults = faults or LinkFaults()
         self._closed = False
         self.node_id = options.node_id
@@ -210,9 +222,8 @@ class RaftNode:
             entries=recovered.entries,
             snapshot=recovered.snapshot,
         )
-        self.state: dict[bytes, bytes] = (
-            decode_state(recovered.snapshot.data) if recovered.snapshot is not None else {}
-        )
+        if recovered.snapshot is not None:
+            self._restore(recovered.snapshot.data)
         self._inbox: deque[Callable[[], None]] = deque()
         self._wake = asyncio.Event()
         self._proposals: dict[int, _Pending] = {}
@@ -270,15 +281,22 @@ class RaftNode:
             self._inbox.append(functools.partial(self.core.step, message))
         self._wake.set()
 
-    async def propose(self, command: bytes, deadline_s: float) -> int:
-        """The index the command was committed and applied at."""
+    async def propose(
+        self, command: bytes, deadline_s: float, session: Session | None = None
+    ) -> Applied:
+        """Commit and apply ``command``; its response and the index it was applied at. With a
+        session, a retry of a command already applied gets the first response (thesis 6.3)."""
         loop = asyncio.get_running_loop()
-        applied: asyncio.Future[int] = loop.create_future()
+        applied: asyncio.Future[Applied] = loop.create_future()
         proposed_at: list[int] = []
+        client_id, sequence = (
+            (session.client_id, session.sequence) if session else (SESSION_NONE, 0)
+        )
+        data = _ENVELOPE.pack(client_id, sequence) + command
 
         def act() -> None:
             try:
-                index = self.core.propose(command)
+                index = self.core.propose(data)
             except (NotLeaderError, ProposalDroppedError) as error:
                 applied.set_exception(self._not_leader(error))
                 return
@@ -296,9 +314,9 @@ class RaftNode:
                 errors.DEADLINE_EXCEEDED, "not committed before the deadline; it may still be"
             ) from None
 
-    async def read(self, key: bytes, deadline_s: float) -> tuple[bytes | None, int]:
-        """ReadIndex (thesis 6.4): the value once the leader has confirmed it leads and applied
-        everything committed when the read arrived."""
+    async def read(self, query: bytes, deadline_s: float) -> Applied:
+        """ReadIndex (thesis 6.4): the state machine's answer to ``query`` once the leader has
+        confirmed it leads and applied everything committed when the read arrived."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[int] = loop.create_future()
         request_id = self._next_read_id
@@ -321,7 +339,7 @@ class RaftNode:
             raise DistlabError(
                 errors.UNAVAILABLE, "leadership could not be confirmed before the deadline"
             ) from None
-        return self.state.get(key), index
+        return Applied(index, self.state_machine.query(query))
 
     def _not_leader(self, error: Exception) -> DistlabError:
         leader = getattr(error, "leader", None) or self.core.leader
@@ -372,7 +390,7 @@ class RaftNode:
         if not ready.send_before_persist:
             self._send(ready.messages)  # step 3
         if ready.snapshot is not None:  # step 4
-            self.state = decode_state(ready.snapshot.data)
+            self._restore(ready.snapshot.data)
         for entry in ready.committed:
             self._apply(entry)
         self._ready_reads.extend((state.index, state.request_id) for state in ready.read_states)
@@ -389,25 +407,48 @@ class RaftNode:
                     queue.put_nowait(message)
 
     def _apply(self, entry: Entry) -> None:
+        result = None
         if entry.kind is EntryKind.NORMAL:
-            op, key, value = decode_command(entry.data)
-            if op == _PUT:
-                self.state[key] = value
-            elif op == _DELETE:
-                self.state.pop(key, None)
+            client_id, sequence = _ENVELOPE.unpack_from(entry.data)
+            result = self.sessions.apply(
+                client_id,
+                sequence,
+                entry.index,
+                entry.data[_ENVELOPE.size :],
+                self.state_machine.apply,
+            )
         self._applied_since_snapshot += 1
         pending = self._proposals.pop(entry.index, None)
         if pending is None or pending.future.done():
             return
-        if pending.term == entry.term:
-            pending.future.set_result(entry.index)
-        else:
+        if pending.term != entry.term:
             pending.future.set_exception(
                 DistlabError(
                     errors.FAILED_PRECONDITION,
                     "leadership changed and another entry took this one's place; retry",
                 )
             )
+        elif result is None or result.outcome in (Outcome.APPLIED, Outcome.DUPLICATE):
+            index, response = (result.index, result.response) if result else (entry.index, b"")
+            pending.future.set_result(Applied(index, response))
+        else:
+            pending.future.set_exception(
+                DistlabError(
+                    errors.FAILED_PRECONDITION,
+                    f"the session's command is {result.outcome.value}: not applied; "
+                    "start a new session",
+                )
+            )
+
+    def _restore(self, data: bytes) -> None:
+        (length,) = _SNAPSHOT_HEADER.unpack_from(data)
+        start = _SNAPSHOT_HEADER.size
+        self.sessions = SessionTable.decode(data[start : start + length])
+        self.state_machine.restore(data[start + length :])
+
+    def _snapshot(self) -> bytes:
+        sessions = self.sessions.encode()
+        return _SNAPSHOT_HEADER.pack(len(sessions)) + sessions + self.state_machine.snapshot()
 
     def _answer_reads(self) -> None:
         applied = self.core.applied_index
@@ -425,12 +466,12 @@ class RaftNode:
 
     async def _compact(self) -> None:
         applied = self.core.applied_index
-        self.core.compact(applied, encode_state(self.state))
+        self.core.compact(applied, self._snapshot())
         snapshot = self.core.snapshot
         assert snapshot is not None, "compact just made one"
         await asyncio.to_thread(self.storage.compact, snapshot)
         self._applied_since_snapshot = 0
-        log_event(logger, "compacted", index=applied, keys=len(self.state))
+        log_event(logger, "compacted", index=applied, sessions=len(self.sessions))
 
     # ------------------------------------------------------------------ the network
 

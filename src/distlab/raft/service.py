@@ -24,7 +24,8 @@ from distlab.common.server import ServerOptions, run_server
 from distlab.proto import raft_pb2, raft_pb2_grpc
 from distlab.raft import codec
 from distlab.raft.core import Message
-from distlab.raft.node import _DELETE, _PUT, RaftNode, RaftNodeOptions, encode_command
+from distlab.raft.node import RaftNode, RaftNodeOptions, Session
+from distlab.raft.register import DELETE, PUT, KeyValueRegister, decode_answer, encode_command
 
 Context = grpc.aio.ServicerContext[Any, Any]
 # A batch on a node-to-node stream holds at most this many messages (the sender batches 256).
@@ -69,34 +70,49 @@ class RaftKeyValueServicer(raft_pb2_grpc.RaftKeyValueServicer):
     ) -> raft_pb2.RaftPutResponse:
         self.limits.check_key(request.key)
         self.limits.check_value(request.value)
-        index = await self.node.propose(
-            encode_command(_PUT, request.key, request.value), deadline_s(context, self.limits)
+        applied = await self.node.propose(
+            encode_command(PUT, request.key, request.value),
+            deadline_s(context, self.limits),
+            _session(request.client_id, request.sequence),
         )
-        return raft_pb2.RaftPutResponse(index=index)
+        return raft_pb2.RaftPutResponse(index=applied.index)
 
     @abort_on_error
     async def Delete(
         self, request: raft_pb2.RaftDeleteRequest, context: Context
     ) -> raft_pb2.RaftDeleteResponse:
         self.limits.check_key(request.key)
-        index = await self.node.propose(
-            encode_command(_DELETE, request.key), deadline_s(context, self.limits)
+        applied = await self.node.propose(
+            encode_command(DELETE, request.key),
+            deadline_s(context, self.limits),
+            _session(request.client_id, request.sequence),
         )
-        return raft_pb2.RaftDeleteResponse(index=index)
+        return raft_pb2.RaftDeleteResponse(index=applied.index)
 
     @abort_on_error
     async def Get(
         self, request: raft_pb2.RaftGetRequest, context: Context
     ) -> raft_pb2.RaftGetResponse:
         self.limits.check_key(request.key)
-        value, index = await self.node.read(request.key, deadline_s(context, self.limits))
-        return raft_pb2.RaftGetResponse(found=value is not None, value=value or b"", index=index)
+        applied = await self.node.read(request.key, deadline_s(context, self.limits))
+        value = decode_answer(applied.response)
+        return raft_pb2.RaftGetResponse(
+            found=value is not None, value=value or b"", index=applied.index
+        )
 
     @abort_on_error
     async def Status(
         self, request: raft_pb2.RaftStatusRequest, context: Context
     ) -> raft_pb2.RaftStatusResponse:
         return raft_pb2.RaftStatusResponse(**self.node.status())
+
+
+def _session(client_id: int, sequence: int) -> Session | None:
+    if client_id == 0 and sequence == 0:
+        return None
+    if client_id == 0 or sequence == 0:
+        raise invalid_argument("client_id", "a session needs both client_id and sequence")
+    return Session(client_id, sequence)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +125,7 @@ class RaftNodeConfig:
 async def run_node(config: RaftNodeConfig, stop: asyncio.Event | None = None) -> None:
     """Recover the log, serve Raft and RaftKeyValue, stop cleanly."""
     faults = LinkFaults()
-    node = RaftNode(config.node, faults)
+    node = RaftNode(config.node, KeyValueRegister(), faults)
     # The clock can be skewed, and nothing here reads it: Raft times elections with ticks of
     # the monotonic clock, and serves reads by ReadIndex rather than by clock-based leases.
     fault_injection = FaultInjectionServicer(config.allow_fault_injection, SystemClock(), faults)
