@@ -38,8 +38,11 @@ DECLARED_PURE = (
     "distlab.chaos.nemesis",
     "distlab.chaos.linearizability",
     "distlab.chaos.checkers",
+    "distlab.cache.routing",
     "distlab.raft.sessions",
     "distlab.raft.register",
+    "distlab.cache.policy",
+    "distlab.cache.traces",
 )
 FORBIDDEN_IMPORTS = frozenset(
     {"asyncio", "grpc", "socket", "os", "io", "time", "threading", "subprocess", "selectors"}
