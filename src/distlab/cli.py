@@ -58,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from distlab.bench.commands import add_bench_parser
+    from distlab.cache.commands import add_cache_parser
     from distlab.chaos.commands import add_chaos_parser
     from distlab.raft.commands import add_raft_parser
 
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(commands)
     add_chaos_parser(commands)
     add_raft_parser(commands)
+    add_cache_parser(commands)
     return parser
 
 
@@ -302,11 +304,19 @@ def _add_up_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     up = commands.add_parser(
         "up",
         help="start a local cluster",
-        description="Start a local key-value cluster: one process per node on loopback, a data "
-        "directory each, then wait. Ctrl-C stops every node gracefully.",
+        description="Start a local key-value cluster and a cache cluster: one process per "
+        "node on loopback, a data directory each, then wait. Ctrl-C stops every node "
+        "gracefully.",
     )
     up.add_argument("--nodes", type=_positive_int, default=3, help="how many (default: 3)")
     up.add_argument("--base-port", type=_port, default=DEFAULT_PORT, help="node i gets base+i")
+    up.add_argument(
+        "--cache-nodes",
+        type=_non_negative_int,
+        default=3,
+        help="cache nodes, 0 for none (default: 3)",
+    )
+    up.add_argument("--cache-base-port", type=_port, default=7201, help="cache node i gets base+i")
     up.add_argument("--data-dir", type=Path, default=Path("data"), help="parent of node dirs")
     up.add_argument(
         "node_arguments",
@@ -324,8 +334,10 @@ def _run_up(args: argparse.Namespace) -> int:
     extra = [argument for argument in args.node_arguments if argument != "--"]
     if args.base_port + args.nodes - 1 > 65535:
         return _fail("--base-port leaves no room for that many nodes", EXIT_USAGE)
+    if args.cache_base_port + args.cache_nodes - 1 > 65535:
+        return _fail("--cache-base-port leaves no room for that many nodes", EXIT_USAGE)
     addresses = [f"127.0.0.1:{args.base_port + index}" for index in range(args.nodes)]
-    nodes = [
+    kv_nodes = [
         NodeProcess(
             name=f"node{index + 1}",
             data_dir=args.data_dir / f"node{index + 1}",
@@ -335,6 +347,17 @@ def _run_up(args: argparse.Namespace) -> int:
         )
         for index in range(args.nodes)
     ]
+    cache_nodes = [
+        NodeProcess(
+            name=f"cache{index + 1}",
+            data_dir=args.data_dir / f"cache{index + 1}",
+            log_path=args.data_dir / f"cache{index + 1}.log",
+            port=args.cache_base_port + index,
+            command=("cache", "node"),
+        )
+        for index in range(args.cache_nodes)
+    ]
+    nodes = kv_nodes + cache_nodes
     stop_requested = False
 
     def request_stop(signal_number: int, frame: object) -> None:
@@ -353,7 +376,10 @@ def _run_up(args: argparse.Namespace) -> int:
         print(f"{len(nodes)} nodes serving (logs and data under {args.data_dir}/):")
         for node in nodes:
             print(f"  {node.name}  {node.address}  pid {node.pid}")
-        print(f"try: distlab kv put greeting hello --to {nodes[0].address}")
+        print(f"try: distlab kv put greeting hello --to {kv_nodes[0].address}")
+        if cache_nodes:
+            cache_addresses = ",".join(node.address for node in cache_nodes)
+            print(f"     distlab cache set greeting hello --nodes {cache_addresses}")
         print("Ctrl-C stops the cluster.", flush=True)
         while not stop_requested:
             for node in nodes:

@@ -1,3 +1,2 @@
-"""Cache cluster (memcached-style, LRU + TTL per node, consistent-hash routing).
-
-Not built yet: only its gRPC contract exists, in ``distlab/proto/cache.proto``."""
+"""Cache cluster: memcached-style nodes bounded by bytes (LRU or W-TinyLFU), client-side
+routing with failover, and leases against stale sets and thundering herds."""

@@ -1,0 +1,272 @@
+"""The cache cluster's client: routing, failover, and misses turned into loads with leases.
+
+* **Routing.** Every key goes to one node, chosen on the client by a router of
+  ``distlab.cache.routing`` (consistent hashing by default, as memcached clients do with
+  ketama). Nodes do not know about each other.
+* **Failover.** A node that fails ``EJECT_AFTER_FAILURES`` calls in a row (unavailable, or past
+  the deadline) is ejected for a while; its keys go to the next node in their order, and one
+  call at a time probes it until it answers and is taken back (``NodeHealth``: mcrouter's TKO,
+  Envoy's outlier detection). A set that falls over gets a short TTL (``FAILOVER_TTL_MS``), the
+  Gutter pool's rule in "Scaling Memcache at Facebook" (NSDI 2013, 3.3): when the owner comes
+  back, the copy on its stand-in must not outlive the owner's newer values for long.
+* **get_or_load** reads through the cache. A miss asks for a lease (the paper's 3.2.1); the
+  winner loads from the backing store and refills with its token, which a delete in between
+  invalidates; the others are told to wait and retry, or take the stale value if the node
+  still has it. Inside one client, concurrent calls for the same key share one load
+  (singleflight, as groupcache does). Any cache failure makes it a plain load: a dead cache node
+  costs hits, never errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+
+from distlab.cache.routing import (
+    ConsistentHashRouter,
+    JumpHashRouter,
+    NodeHealth,
+    RendezvousRouter,
+    Router,
+)
+from distlab.common import errors
+from distlab.common.clock import Clock, SystemClock
+from distlab.common.errors import DistlabError
+from distlab.common.limits import CLIENT_DEADLINE_MS_DEFAULT
+from distlab.common.rpc import error_from_rpc
+from distlab.proto import cache_pb2, cache_pb2_grpc
+
+ResultT = TypeVar("ResultT")
+ROUTERS: dict[str, Callable[[Sequence[str]], Router]] = {
+    "consistent": ConsistentHashRouter,
+    "jump": JumpHashRouter,
+    "rendezvous": RendezvousRouter,
+}
+# Nodes one call tries, its owner first: enough to step over one or two dead nodes without
+# walking a whole large cluster on every miss.
+FAILOVER_NODES_MAX = 3
+# The TTL a set gets when its owner is out (the Gutter pool's short expiry; the paper uses 10 s).
+FAILOVER_TTL_MS = 10_000
+# A client told to wait for another's lease retries this often, this many times, then loads
+# without the cache (the paper's clients wait a few milliseconds and retry).
+LEASE_WAIT_MS = 20
+LEASE_WAITS_MAX = 50
+_FAILOVER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What a leased get said, and which node said it."""
+
+    node: str
+    reply: cache_pb2.CacheGetResponse
+
+
+class CacheClient:
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        router: str = "consistent",
+        deadline_ms: int = CLIENT_DEADLINE_MS_DEFAULT,
+        clock: Clock | None = None,
+        health: NodeHealth | None = None,
+    ) -> None:
+        if router not in ROUTERS:
+            raise ValueError(f"router must be one of {sorted(ROUTERS)}")
+        self.router = ROUTERS[router](list(addresses))
+        self.deadline_s = deadline_ms / 1000
+        self.clock = clock or SystemClock()
+        self.health = health or NodeHealth()
+        self._channels = {address: grpc.aio.insecure_channel(address) for address in addresses}
+        # Any: the generated stubs type the blocking API; on an aio channel each call is awaitable.
+        self._stubs: dict[str, Any] = {
+            address: cache_pb2_grpc.CacheStub(channel)
+            for address, channel in self._channels.items()
+        }
+        self._flights: dict[bytes, asyncio.Future[bytes]] = {}
+
+    # --- the memcached commands, routed ---
+
+    async def get(self, key: bytes) -> bytes | None:
+        request = cache_pb2.CacheGetRequest(key=key)
+        _, reply = await self._routed(key, lambda stub: stub.Get(request, timeout=self.deadline_s))
+        return reply.value if reply.hit else None
+
+    async def set(self, key: bytes, value: bytes, *, ttl_ms: int = 0) -> bool:
+        owner = self.router.node_for(key)
+
+        def call(stub: Any, node: str) -> Any:
+            ttl = ttl_ms if node == owner else min(ttl_ms or FAILOVER_TTL_MS, FAILOVER_TTL_MS)
+            return stub.Set(
+                cache_pb2.CacheSetRequest(key=key, value=value, ttl_ms=ttl),
+                timeout=self.deadline_s,
+            )
+
+        _, reply = await self._routed_to(key, call)
+        return bool(reply.stored)
+
+    async def delete(self, key: bytes) -> bool:
+        _, reply = await self._routed(
+            key,
+            lambda stub: stub.Delete(
+                cache_pb2.CacheDeleteRequest(key=key), timeout=self.deadline_s
+            ),
+        )
+        return bool(reply.existed)
+
+    async def multi_get(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        """The hits among ``keys``: one MultiGet per node, in parallel. A node that fails
+        counts as all misses."""
+        now_ms = self.clock.monotonic_ms()
+        by_node: dict[str, list[bytes]] = {}
+        for key in keys:
+            nodes = self.health.route(self.router, key, now_ms)
+            if nodes:
+                by_node.setdefault(nodes[0], []).append(key)
+        replies = await asyncio.gather(
+            *(self._multi_get_from(node, batch) for node, batch in by_node.items())
+        )
+        return {item.key: item.value for items in replies for item in items}
+
+    async def stats(self) -> dict[str, cache_pb2.CacheStatsResponse]:
+        replies = await asyncio.gather(
+            *(
+                stub.Stats(cache_pb2.CacheStatsRequest(), timeout=self.deadline_s)
+                for stub in self._stubs.values()
+            ),
+            return_exceptions=True,
+        )
+        return {
+            address: reply
+            for address, reply in zip(self._stubs, replies, strict=True)
+            if isinstance(reply, cache_pb2.CacheStatsResponse)
+        }
+
+    # --- read-through with leases ---
+
+    async def get_or_load(
+        self, key: bytes, load: Callable[[], Awaitable[bytes]], *, ttl_ms: int = 0
+    ) -> bytes:
+        """The cached value, or ``load()``'s, filling the cache under a lease. Concurrent calls
+        for ``key`` in this client share one flight."""
+        flight = self._flights.get(key)
+        if flight is not None:
+            return await asyncio.shield(flight)
+        flight = asyncio.get_running_loop().create_future()
+        self._flights[key] = flight
+        try:
+            value = await self._read_through(key, load, ttl_ms)
+        except BaseException as error:
+            flight.set_exception(error)
+            flight.exception()  # retrieved here: waiters get it from their own await
+            raise
+        else:
+            flight.set_result(value)
+            return value
+        finally:
+            del self._flights[key]
+
+    async def _read_through(
+        self, key: bytes, load: Callable[[], Awaitable[bytes]], ttl_ms: int
+    ) -> bytes:
+        for _ in range(LEASE_WAITS_MAX):
+            try:
+                lookup = await self._leased_get(key)
+            except DistlabError:
+                return await load()  # the cache is unreachable: a miss, not an error
+            reply = lookup.reply
+            if reply.hit:
+                return reply.value
+            if reply.lease_token:
+                value = await load()
+                await self._refill(lookup.node, key, value, ttl_ms, reply.lease_token)
+                return value
+            if reply.has_stale:
+                return reply.stale_value  # the paper's choice: slightly old over a stampede
+            await asyncio.sleep(LEASE_WAIT_MS / 1000)
+        return await load()  # the lease holder never refilled: load, but leave the cache alone
+
+    async def _leased_get(self, key: bytes) -> Lookup:
+        node, reply = await self._routed(
+            key,
+            lambda stub: stub.Get(
+                cache_pb2.CacheGetRequest(key=key, want_lease=True), timeout=self.deadline_s
+            ),
+        )
+        return Lookup(node, reply)
+
+    async def _refill(self, node: str, key: bytes, value: bytes, ttl_ms: int, token: int) -> None:
+        """Set under the lease, on the node that granted it; a refused or failed refill only
+        means the next reader misses too."""
+        try:
+            await self._stubs[node].Set(
+                cache_pb2.CacheSetRequest(key=key, value=value, ttl_ms=ttl_ms, lease_token=token),
+                timeout=self.deadline_s,
+            )
+        except grpc.aio.AioRpcError:
+            pass
+
+    # --- routing and failover ---
+
+    async def _routed(self, key: bytes, call: Callable[[Any], Awaitable[Any]]) -> tuple[str, Any]:
+        return await self._routed_to(key, lambda stub, node: call(stub))
+
+    async def _routed_to(
+        self, key: bytes, call: Callable[[Any, str], Awaitable[Any]]
+    ) -> tuple[str, Any]:
+        """Send to the key's owner, or, if it is out or fails, to the next node in the key's
+        order; the node that answered and its reply."""
+        now_ms = self.clock.monotonic_ms()
+        order = self.router.nodes_for(key, min(len(self.router.nodes), FAILOVER_NODES_MAX))
+        last_error: DistlabError | None = None
+        for node in order:
+            if self.health.is_ejected(node, now_ms) and not self.health.should_probe(node, now_ms):
+                continue
+            try:
+                reply = await call(self._stubs[node], node)
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in _FAILOVER_CODES:
+                    raise error_from_rpc(error) from None
+                self.health.record_failure(node, self.clock.monotonic_ms())
+                last_error = error_from_rpc(error)
+                continue
+            self.health.record_success(node, self.clock.monotonic_ms())
+            return node, reply
+        raise last_error or DistlabError(
+            errors.UNAVAILABLE, "every cache node for this key is out of rotation"
+        )
+
+    async def _multi_get_from(self, node: str, keys: list[bytes]) -> list[cache_pb2.CacheItem]:
+        try:
+            reply = await self._stubs[node].MultiGet(
+                cache_pb2.CacheMultiGetRequest(keys=keys), timeout=self.deadline_s
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in _FAILOVER_CODES:
+                raise error_from_rpc(error) from None
+            self.health.record_failure(node, self.clock.monotonic_ms())
+            return []
+        self.health.record_success(node, self.clock.monotonic_ms())
+        return list(reply.items)
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+
+    async def __aenter__(self) -> CacheClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
