@@ -1,4 +1,5 @@
-"""The ``distlab bench`` command and its workloads: ``wal`` and ``kv``.
+"""The ``distlab bench`` command and its workloads: ``wal``, ``kv``, ``raft``, and the cache's
+offline tables ``cache-policy`` and ``cache-routing``.
 
 ``distlab.cli`` calls ``add_bench_parser(subparsers)`` and then ``args.func(args)``, which returns
 the exit status. A new workload adds a subparser here with ``set_defaults(func=...)``; its run
@@ -49,6 +50,8 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     _add_wal_parser(workloads)
     _add_kv_parser(workloads)
     _add_raft_parser(workloads)
+    _add_cache_policy_parser(workloads)
+    _add_cache_routing_parser(workloads)
 
 
 def _add_wal_parser(workloads: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -318,6 +321,117 @@ def _add_raft_parser(workloads: argparse._SubParsersAction[argparse.ArgumentPars
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="where to save the results")
     parser.set_defaults(func=_run_raft)
+
+
+def _add_cache_policy_parser(
+    workloads: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    parser = workloads.add_parser(
+        "cache-policy",
+        help="hit ratios of LRU, W-TinyLFU and Belady's OPT on a trace, at several sizes",
+        description="Replay a trace of keys against LRU, W-TinyLFU (Caffeine's) and Belady's "
+        "optimal offline policy (the upper bound) at several cache sizes, and print each hit "
+        "ratio. The trace is zipfian (--keys, --length, --alpha, --seed) unless --trace names "
+        "a file of keys, one per line.",
+    )
+    parser.add_argument("--trace", type=Path, help="a file of keys, one per line")
+    parser.add_argument("--keys", type=_bounded_int(1, 10_000_000), default=100_000)
+    parser.add_argument("--length", type=_bounded_int(1, 10_000_000), default=500_000)
+    parser.add_argument("--alpha", type=float, default=0.9, help="zipf skew (default: 0.9)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--sizes",
+        type=_percents,
+        default=[0.1, 1.0, 5.0],
+        metavar="PERCENT[,PERCENT...]",
+        help="cache sizes as percents of the key space: --keys, or a trace file's distinct "
+        "keys (default: 0.1,1,5)",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="where to save the table")
+    parser.set_defaults(func=_run_cache_policy)
+
+
+def _run_cache_policy(args: argparse.Namespace) -> int:
+    from distlab.bench import cache_tables
+    from distlab.cache.traces import read_trace, zipf_trace
+
+    started_at = datetime.now(UTC)
+    try:
+        if args.trace is not None:
+            with args.trace.open(encoding="utf-8") as lines:
+                trace = read_trace(lines)
+            parameters: dict[str, object] = {"trace": str(args.trace), "length": len(trace)}
+            key_space = len(set(trace))
+        else:
+            trace = zipf_trace(args.keys, args.length, args.alpha, args.seed)
+            parameters = {"keys": args.keys, "length": args.length, "alpha": args.alpha}
+            parameters["seed"] = args.seed
+            key_space = args.keys
+    except (OSError, ValueError) as error:
+        return _fail(f"cannot build the trace: {error}", EXIT_USAGE)
+    if not trace:
+        return _fail("the trace holds no key", EXIT_USAGE)
+    print(f"trace: {len(trace):,} requests, {len(set(trace)):,} distinct keys", file=sys.stderr)
+    rows = cache_tables.policy_table(trace, key_space, args.sizes, sys.stderr)
+    print(cache_tables.format_policy_table(rows))
+    return _save_table("cache-policy", parameters, rows, args.json, started_at)
+
+
+def _add_cache_routing_parser(
+    workloads: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    parser = workloads.add_parser(
+        "cache-routing",
+        help="keys moved and load spread of four routers when membership changes",
+        description="Place --keys keys on --nodes nodes with consistent hashing, jump hash, "
+        "rendezvous hashing and consistent hashing with bounded loads; add a node, remove the "
+        "last, remove one from the middle; print the fraction of keys moved next to the ideal, "
+        "and the load after the change (max/mean and coefficient of variation).",
+    )
+    parser.add_argument("--keys", type=_bounded_int(1, 1_000_000), default=100_000)
+    parser.add_argument("--nodes", type=_bounded_int(2, 1_000), default=5)
+    parser.add_argument("--json", type=Path, default=None, help="where to save the table")
+    parser.set_defaults(func=_run_cache_routing)
+
+
+def _run_cache_routing(args: argparse.Namespace) -> int:
+    from distlab.bench import cache_tables
+
+    started_at = datetime.now(UTC)
+    rows = cache_tables.routing_table(args.keys, args.nodes, sys.stderr)
+    print(cache_tables.format_routing_table(rows))
+    parameters: dict[str, object] = {"keys": args.keys, "nodes": args.nodes}
+    return _save_table("cache-routing", parameters, rows, args.json, started_at)
+
+
+def _save_table(
+    benchmark: str,
+    parameters: dict[str, object],
+    rows: Sequence[object],
+    json_path: Path | None,
+    started_at: datetime,
+) -> int:
+    from distlab.bench import cache_tables
+
+    if json_path is None:
+        timestamp = started_at.strftime("%Y%m%dT%H%M%SZ")
+        json_path = RESULTS_DIRECTORY_DEFAULT / f"{benchmark}-{timestamp}.json"
+    try:
+        cache_tables.save(benchmark, parameters, rows, json_path)
+    except OSError as error:
+        return _fail(f"cannot save the table to {json_path}: {error}")
+    print(f"table saved to {json_path}")
+    return EXIT_OK
+
+
+def _percents(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of percents: {text!r}") from None
+    if not values or any(not 0 < value <= 100 for value in values):
+        raise argparse.ArgumentTypeError("each size must be a percent in (0, 100]")
+    return values
 
 
 def _run_raft(args: argparse.Namespace) -> int:
