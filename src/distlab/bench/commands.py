@@ -50,6 +50,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     _add_wal_parser(workloads)
     _add_kv_parser(workloads)
     _add_raft_parser(workloads)
+    _add_cache_parser(workloads)
     _add_cache_policy_parser(workloads)
     _add_cache_routing_parser(workloads)
 
@@ -321,6 +322,78 @@ def _add_raft_parser(workloads: argparse._SubParsersAction[argparse.ArgumentPars
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="where to save the results")
     parser.set_defaults(func=_run_raft)
+
+
+def _add_cache_parser(workloads: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from distlab.bench import cache
+
+    defaults = cache.CacheBenchSettings()
+    parser = workloads.add_parser(
+        "cache",
+        help="a local cache cluster: gets, a get/set mix, multi-gets; echo and memcached too",
+        description="Start a local cache cluster (distlab cache node processes on loopback), "
+        "load it, and measure unary gets, a get/set mix (with its hit ratio) and multi-gets "
+        "through the routing client, all on zipfian keys; plus a bare gRPC echo, and "
+        "memcached through pymemcache when both are installed, as references.",
+    )
+    parser.add_argument("--nodes", type=_bounded_int(1, 16), default=defaults.nodes)
+    parser.add_argument("--keys", type=_bounded_int(200, 1_000_000), default=defaults.keys)
+    parser.add_argument(
+        "--value-bytes", type=_bounded_int(0, kv.VALUE_BYTES_MAX), default=defaults.value_bytes
+    )
+    parser.add_argument(
+        "--capacity-mb", type=float, default=defaults.capacity_mb, help="memory of each node"
+    )
+    parser.add_argument("--policy", choices=["lru", "tinylfu"], default=defaults.policy)
+    parser.add_argument("--get-fraction", type=float, default=defaults.get_fraction)
+    parser.add_argument("--batch-keys", type=_bounded_int(1, 1000), default=defaults.batch_keys)
+    parser.add_argument("--alpha", type=float, default=defaults.alpha, help="zipf skew")
+    parser.add_argument("--concurrency", type=_bounded_int(1, CONCURRENCY_MAX), default=64)
+    parser.add_argument(
+        "--duration", type=_seconds(0.0, DURATION_S_MAX, zero_allowed=False), default=5.0
+    )
+    parser.add_argument(
+        "--warmup", type=_seconds(0.0, WARMUP_S_MAX, zero_allowed=True), default=1.0
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-memcached", action="store_true", help="skip the memcached rows")
+    parser.add_argument("--json", type=Path, default=None, help="where to save the results")
+    parser.set_defaults(func=_run_cache)
+
+
+def _run_cache(args: argparse.Namespace) -> int:
+    from distlab.bench import cache
+
+    try:
+        settings = cache.CacheBenchSettings(
+            nodes=args.nodes,
+            keys=args.keys,
+            value_bytes=args.value_bytes,
+            capacity_mb=args.capacity_mb,
+            policy=args.policy,
+            get_fraction=args.get_fraction,
+            batch_keys=args.batch_keys,
+            alpha=args.alpha,
+            concurrency=args.concurrency,
+            duration_s=args.duration,
+            warmup_s=args.warmup,
+            seed=args.seed,
+            memcached=not args.no_memcached,
+        )
+    except ValueError as error:
+        return _fail(f"bench cache: {error}", EXIT_USAGE)
+    started_at = datetime.now(UTC)
+    try:
+        results, notes = cache.run_cache_benchmarks(settings, progress=sys.stderr)
+    except cache.CacheBenchError as error:
+        return _fail(f"bench cache: {error}")
+    return report(
+        results,
+        benchmark=cache.BENCHMARK_NAME,
+        json_path=args.json,
+        started_at=started_at,
+        summary=cache.summary_lines(results, notes),
+    )
 
 
 def _add_cache_policy_parser(

@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
@@ -126,14 +126,35 @@ class CacheClient:
         counts as all misses."""
         now_ms = self.clock.monotonic_ms()
         by_node: dict[str, list[bytes]] = {}
+        out = {node for node in self.router.nodes if self.health.is_ejected(node, now_ms)}
         for key in keys:
-            nodes = self.health.route(self.router, key, now_ms)
-            if nodes:
-                by_node.setdefault(nodes[0], []).append(key)
-        replies = await asyncio.gather(
-            *(self._multi_get_from(node, batch) for node, batch in by_node.items())
-        )
-        return {item.key: item.value for items in replies for item in items}
+            owner = self.router.node_for(key)
+            if owner in out:  # the slow path, only while some node is out
+                nodes = self.health.route(self.router, key, now_ms)
+                if not nodes:
+                    continue
+                owner = nodes[0]
+            by_node.setdefault(owner, []).append(key)
+        # Every call is on the wire before the first is awaited: they run in parallel.
+        calls = [
+            (
+                node,
+                self._stubs[node].MultiGet(
+                    cache_pb2.CacheMultiGetRequest(keys=batch), timeout=self.deadline_s
+                ),
+            )
+            for node, batch in by_node.items()
+        ]
+        found: dict[bytes, bytes] = {}
+        try:
+            for node, call in calls:
+                for item in await self._multi_get_reply(node, call):
+                    found[item.key] = item.value
+        except BaseException:
+            for _, call in calls:
+                call.cancel()  # no call left running unawaited
+            raise
+        return found
 
     async def stats(self) -> dict[str, cache_pb2.CacheStatsResponse]:
         replies = await asyncio.gather(
@@ -224,9 +245,8 @@ class CacheClient:
         """Send to the key's owner, or, if it is out or fails, to the next node in the key's
         order; the node that answered and its reply."""
         now_ms = self.clock.monotonic_ms()
-        order = self.router.nodes_for(key, min(len(self.router.nodes), FAILOVER_NODES_MAX))
         last_error: DistlabError | None = None
-        for node in order:
+        for node in self._candidates(key):
             if self.health.is_ejected(node, now_ms) and not self.health.should_probe(node, now_ms):
                 continue
             try:
@@ -243,16 +263,22 @@ class CacheClient:
             errors.UNAVAILABLE, "every cache node for this key is out of rotation"
         )
 
-    async def _multi_get_from(self, node: str, keys: list[bytes]) -> list[cache_pb2.CacheItem]:
+    def _candidates(self, key: bytes) -> Iterator[str]:
+        """The key's owner, then (only if asked for: the owner usually answers) the next nodes
+        of its order."""
+        owner = self.router.node_for(key)
+        yield owner
+        count = min(len(self.router.nodes), FAILOVER_NODES_MAX)
+        yield from (node for node in self.router.nodes_for(key, count) if node != owner)
+
+    async def _multi_get_reply(self, node: str, call: Any) -> list[cache_pb2.CacheItem]:
         try:
-            reply = await self._stubs[node].MultiGet(
-                cache_pb2.CacheMultiGetRequest(keys=keys), timeout=self.deadline_s
-            )
+            reply = await call
         except grpc.aio.AioRpcError as error:
             if error.code() not in _FAILOVER_CODES:
                 raise error_from_rpc(error) from None
             self.health.record_failure(node, self.clock.monotonic_ms())
-            return []
+            return []  # a node that fails counts as all misses
         self.health.record_success(node, self.clock.monotonic_ms())
         return list(reply.items)
 
