@@ -15,8 +15,9 @@ Rows, in order:
   the pymemcache package are both installed; otherwise the rows are skipped and a note says so.
 
 The cluster: ``nodes`` ``distlab cache node`` processes on loopback with ``capacity_mb`` each,
-loaded with every key before the rows run (some are evicted when the data outgrows the capacity,
-which is what makes the hit ratio a measurement). Everything shares this machine's cores.
+loaded with every key, coldest first, before the rows run; where the data outgrows a node's
+capacity the coldest keys are evicted, which is what makes the hit ratio a measurement.
+Everything shares this machine's cores.
 """
 
 from __future__ import annotations
@@ -234,7 +235,9 @@ async def _rows(
 
 
 async def _preload(client: Any, settings: CacheBenchSettings, value: bytes) -> None:
-    ranks = iter(range(1, settings.keys + 1))
+    """Every key, the coldest first: what overflows a node then evicts cold keys, as in a cache
+    that has been serving this load (hot keys first would see LRU evict the hottest)."""
+    ranks = iter(range(settings.keys, 0, -1))
 
     async def loader() -> None:
         for rank in ranks:
@@ -281,7 +284,7 @@ def _memcached_rows(
         _wait_listening(port, process)
         value = b"v" * settings.value_bytes
         loader = Client(("127.0.0.1", port), timeout=CALL_DEADLINE_S)
-        for rank in range(1, settings.keys + 1):
+        for rank in range(settings.keys, 0, -1):
             loader.set(_key(f"k{rank}".encode()), value, noreply=False)
         loader.close()
         sequences = _sequences(settings)

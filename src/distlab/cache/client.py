@@ -156,6 +156,24 @@ class CacheClient:
             raise
         return found
 
+    async def call(self, key: bytes, method: str, request: Any) -> tuple[str, Any]:
+        """Any Cache RPC about ``key``, sent where ``key`` is routed (failover included); the
+        node that answered and its reply, untouched. The router service forwards with it."""
+        return await self._routed(
+            key, lambda stub: getattr(stub, method)(request, timeout=self.deadline_s)
+        )
+
+    async def call_node(self, node: str, method: str, request: Any) -> Any:
+        """Any Cache RPC, sent to ``node`` itself; its outcome counts toward ejecting it."""
+        try:
+            reply = await getattr(self._stubs[node], method)(request, timeout=self.deadline_s)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in _FAILOVER_CODES:
+                self.health.record_failure(node, self.clock.monotonic_ms())
+            raise error_from_rpc(error) from None
+        self.health.record_success(node, self.clock.monotonic_ms())
+        return reply
+
     async def stats(self) -> dict[str, cache_pb2.CacheStatsResponse]:
         replies = await asyncio.gather(
             *(

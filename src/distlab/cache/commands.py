@@ -53,6 +53,25 @@ def add_cache_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     node.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     node.add_argument("--log-level", default="info")
     node.set_defaults(func=_run_node)
+    router = commands.add_parser(
+        "router",
+        help="one endpoint that routes to the cache nodes (mcrouter-like)",
+        description="Serve the Cache service and forward each call to the node its key is "
+        "routed to, with the client's failover; keys with a --hot-prefix are kept on "
+        "--hot-replicas nodes, writes going to all and reads to one at random.",
+    )
+    router.add_argument("--nodes", default=DEFAULT_NODES, metavar="HOST:PORT,...")
+    router.add_argument("--router", choices=["consistent", "jump", "rendezvous"],
+                        default="consistent")  # fmt: skip
+    router.add_argument("--hot-prefix", action="append", default=[], metavar="PREFIX")
+    router.add_argument("--hot-replicas", type=int, default=2)
+    router.add_argument("--node-id", default="router", help="a name for the logs")
+    router.add_argument("--data-dir", type=Path, help="unused, as for a cache node")
+    router.add_argument("--host", default="127.0.0.1")
+    router.add_argument("--port", type=int, default=7200, help="0 picks one")
+    router.add_argument("--port-file", type=Path, help="write the bound port here once serving")
+    router.add_argument("--log-level", default="info")
+    router.set_defaults(func=_run_router)
     for name, help_text in [
         ("get", "read a key"),
         ("set", "write a key"),
@@ -103,6 +122,30 @@ def _run_node(args: argparse.Namespace) -> int:
         asyncio.run(run_node(config))
     except ServerStartError as error:
         print(f"distlab cache node: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _run_router(args: argparse.Namespace) -> int:
+    from distlab.cache.router import RouterConfig, RouterOptions, run_router
+    from distlab.common.server import ServerOptions, ServerStartError
+
+    try:
+        options = RouterOptions(
+            nodes=tuple(node.strip() for node in args.nodes.split(",") if node.strip()),
+            router=args.router,
+            hot_prefixes=tuple(prefix.encode() for prefix in args.hot_prefix),
+            hot_replicas=args.hot_replicas,
+        )
+    except ValueError as error:
+        print(f"distlab cache router: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    logs.configure(args.node_id, getattr(logging, args.log_level.upper(), logging.INFO))
+    server = ServerOptions(host=args.host, port=args.port, port_file=args.port_file)
+    try:
+        asyncio.run(run_router(RouterConfig(router=options, server=server)))
+    except ServerStartError as error:
+        print(f"distlab cache router: {error}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
