@@ -455,3 +455,67 @@ def test_to_json_and_write_json(tmp_path: Path) -> None:
     assert "T" in document["started_at"]
     assert [entry["concurrency"] for entry in document["results"]] == [1, 64]
     assert document["results"][1]["latency_ms"]["p999"] == 4.125
+
+
+def drifting_operation(clock: ManualClock, cost_steps: int) -> Operation:
+    """A call costing ``cost_steps`` steps on a machine that runs at half speed once the manual
+    clock has passed 100 steps (a busy neighbour arriving halfway through a run)."""
+
+    async def operation() -> None:
+        await asyncio.sleep(0)
+        slowdown = 2 if clock() >= 100 * STEP_S else 1
+        clock.advance(cost_steps * slowdown * STEP_S)
+
+    return operation
+
+
+@pytest.mark.asyncio
+async def test_interleaved_rows_see_the_same_drift() -> None:
+    """Row b costs twice row a. Run one after the other, a runs before the slowdown and b after,
+    so b looks four times slower; interleaved, both catch it alike and the ratio is 2."""
+    clock = ManualClock()
+    specs = [
+        BenchSpec(name, concurrency=1, duration_s=100 * STEP_S, warmup_s=0.0) for name in ("a", "b")
+    ]
+    sequential = [
+        await run_benchmark(specs[0], lambda _: drifting_operation(clock, 1), clock=clock,
+                            progress=None),
+        await run_benchmark(specs[1], lambda _: drifting_operation(clock, 2), clock=clock,
+                            progress=None),
+    ]  # fmt: skip
+    assert throughput_ratio(sequential[0], sequential[1]) == pytest.approx(4, rel=0.1)
+
+    clock.now_s = 0.0
+    rows = [
+        runner.Row(specs[0], lambda _: drifting_operation(clock, 1)),
+        runner.Row(specs[1], lambda _: drifting_operation(clock, 2)),
+    ]
+    interleaved = await runner.run_interleaved(rows, rounds=10, clock=clock, progress=None)
+    assert [result.name for result in interleaved] == ["a", "b"]
+    assert throughput_ratio(interleaved[0], interleaved[1]) == pytest.approx(2, rel=0.15)
+    assert interleaved[0].duration_s == specs[0].duration_s
+
+
+@pytest.mark.asyncio
+async def test_interleaved_rows_are_set_up_once_and_torn_down_even_on_failure() -> None:
+    clock = ManualClock()
+    events: list[str] = []
+
+    async def setup() -> None:
+        events.append("setup")
+
+    async def teardown() -> None:
+        events.append("teardown")
+
+    def broken(_: int) -> Operation:
+        raise RuntimeError("cannot make the operation")
+
+    rows = [
+        runner.Row(spec(), lambda _: drifting_operation(clock, 1), setup, teardown),
+        runner.Row(spec(), broken),
+    ]
+    with pytest.raises(RuntimeError, match="cannot make"):
+        await runner.run_interleaved(rows, rounds=3, clock=clock, progress=None)
+    assert events == ["setup", "teardown"]
+    with pytest.raises(ValueError, match="rounds"):
+        await runner.run_interleaved(rows, rounds=0, clock=clock, progress=None)

@@ -320,6 +320,13 @@ def _add_raft_parser(workloads: argparse._SubParsersAction[argparse.ArgumentPars
         "--warmup", type=_seconds(0.0, WARMUP_S_MAX, zero_allowed=True), default=1.0
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--rounds",
+        type=_bounded_int(1, raft.ROUNDS_MAX),
+        default=raft.ROUNDS_DEFAULT,
+        help="the rows take turns this many times, each a share of --duration and --warmup, "
+        "so a drift in the machine's speed reaches them alike (default: %(default)s)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="where to save the results")
     parser.set_defaults(func=_run_raft)
 
@@ -518,6 +525,7 @@ def _run_raft(args: argparse.Namespace) -> int:
             duration_s=args.duration,
             warmup_s=args.warmup,
             seed=args.seed,
+            rounds=args.rounds,
         )
     except ValueError as error:
         return _fail(f"bench raft: {error}", EXIT_USAGE)

@@ -8,6 +8,9 @@ applied by the leader) and ``get`` (a ReadIndex read of such a key: answered onc
 round confirms the leader and the read index is applied). Clients talk to the leader; every
 worker shares one channel to it, and the echo gets one channel too.
 
+The rows take turns, ``rounds`` times each (``run_interleaved``), so that a drift in this
+machine's speed reaches the echo and the Raft rows alike and their ratio holds.
+
 Puts are batched by the node's driver: proposals that arrive while an fsync runs go into the
 next Ready together, so one append message and one fsync per follower carry many entries.
 
@@ -28,7 +31,7 @@ from pathlib import Path
 from typing import TextIO
 
 from distlab.bench.kv import ECHO_NAME, EchoReference
-from distlab.bench.runner import BenchResult, BenchSpec, Operation, run_benchmark
+from distlab.bench.runner import BenchResult, BenchSpec, Operation, Row, run_interleaved
 from distlab.common.processes import NodeProcess
 from distlab.common.wal_file import FsyncPolicy
 
@@ -39,6 +42,10 @@ NODES_DEFAULT = 3
 KEYS_DEFAULT = 10_000
 VALUE_BYTES_DEFAULT = 100
 CALL_DEADLINE_S = 10.0
+# The rows take turns this many times (``run_interleaved``): this machine's speed drifts by a
+# third over minutes, and rows run one after the other would each catch a different moment.
+ROUNDS_DEFAULT = 3
+ROUNDS_MAX = 100
 LEADER_DEADLINE_S = 30.0
 
 
@@ -56,12 +63,15 @@ class RaftBenchSettings:
     duration_s: float = 5.0
     warmup_s: float = 1.0
     seed: int = 0
+    rounds: int = ROUNDS_DEFAULT
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes <= 7:
             raise ValueError("nodes must be in [1, 7]")
         if self.keys < 1 or self.value_bytes < 0:
             raise ValueError("keys must be >= 1 and value_bytes >= 0")
+        if not 1 <= self.rounds <= ROUNDS_MAX:
+            raise ValueError(f"rounds must be in [1, {ROUNDS_MAX}]")
 
     def spec(self, name: str, **parameters: object) -> BenchSpec:
         return BenchSpec(
@@ -74,6 +84,7 @@ class RaftBenchSettings:
                 "fsync": self.fsync_policy.value,
                 "value_bytes": self.value_bytes,
                 "keys": self.keys,
+                "rounds": self.rounds,
                 **parameters,
             },
         )
@@ -137,15 +148,6 @@ async def _rows(
 
     leader = await _leader(nodes)
     echo = EchoReference(1)
-    rows = [
-        await run_benchmark(
-            settings.spec(ECHO_NAME, rpc="grpc.health.v1.Health/Check"),
-            echo.make_operation,
-            setup=echo.setup,
-            teardown=echo.teardown,
-            progress=progress,
-        )
-    ]
     keys = [f"bench/{index}".encode() for index in range(settings.keys)]
     async with grpc.aio.insecure_channel(leader) as channel:
         stub = raft_pb2_grpc.RaftKeyValueStub(channel)
@@ -172,6 +174,17 @@ async def _rows(
 
             return get
 
-        rows.append(await run_benchmark(settings.spec(PUT_NAME), make_put, progress=progress))
-        rows.append(await run_benchmark(settings.spec(GET_NAME), make_get, progress=progress))
-    return rows
+        return await run_interleaved(
+            [
+                Row(
+                    settings.spec(ECHO_NAME, rpc="grpc.health.v1.Health/Check"),
+                    echo.make_operation,
+                    echo.setup,
+                    echo.teardown,
+                ),
+                Row(settings.spec(PUT_NAME), make_put),
+                Row(settings.spec(GET_NAME), make_get),
+            ],
+            settings.rounds,
+            progress=progress,
+        )

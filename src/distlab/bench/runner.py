@@ -32,6 +32,7 @@ and why that is acceptable for the questions distlab's benchmarks ask.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -383,40 +384,110 @@ async def run_benchmark(
     """
     if setup is not None:
         await setup()
+    recorder = _Recorder()
     try:
-        operations = [make_operation(index) for index in range(spec.concurrency)]
-        started = clock()
-        window = _Window(
-            start=started + spec.warmup_s, end=started + spec.warmup_s + spec.duration_s
+        cancelled = await _run_window(
+            spec, make_operation, recorder, clock, progress, progress_interval_s
         )
-        recorder = _Recorder()
-        label = describe(spec.name, spec.parameters, spec.concurrency)
-        progress_line = _ProgressLine(label, spec, window, progress, progress_interval_s)
-        tasks = [
-            asyncio.create_task(_work(operation, window, recorder, clock), name=f"{label} #{index}")
-            for index, operation in enumerate(operations)
-        ]
-        try:
-            await _wait_for_window(tasks, window, recorder, clock, progress_line)
-            cancelled = await _stop(tasks)
-        finally:
-            # Only reached with tasks still running if the run itself was cancelled or failed.
-            for task in tasks:
-                task.cancel()
-            await asyncio.wait(tasks)
     finally:
         if teardown is not None:
             await teardown()
-    duration_s = window.end - window.start
+    return _result(spec, recorder, cancelled)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One row of an interleaved run: what ``run_benchmark`` takes, as a value."""
+
+    spec: BenchSpec
+    make_operation: OperationFactory
+    setup: Hook | None = None
+    teardown: Hook | None = None
+
+
+async def run_interleaved(
+    rows: Sequence[Row],
+    rounds: int,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+    progress: TextIO | None = sys.stderr,
+    progress_interval_s: float | None = None,
+) -> list[BenchResult]:
+    """Run every row in ``rounds`` turns (row 1, row 2, ..., row 1, row 2, ...), each turn a
+    ``rounds``-th of its duration and of its warm-up, and return one result per row, all its
+    turns together. A machine whose speed drifts during the run (a shared CI host, a laptop
+    throttling) then slows every row alike, so their ratio holds even when their absolute
+    figures move: rows run one after the other would each catch a different moment."""
+    if rounds < 1:
+        raise ValueError("rounds must be at least 1")
+    recorders = [_Recorder() for _ in rows]
+    cancelled = [0] * len(rows)
+    set_up: list[Row] = []
+    try:
+        for row in rows:
+            if row.setup is not None:
+                await row.setup()
+            set_up.append(row)
+        for _ in range(rounds):
+            for index, row in enumerate(rows):
+                turn = dataclasses.replace(
+                    row.spec,
+                    duration_s=row.spec.duration_s / rounds,
+                    warmup_s=row.spec.warmup_s / rounds,
+                )
+                cancelled[index] += await _run_window(
+                    turn, row.make_operation, recorders[index], clock, progress,
+                    progress_interval_s,
+                )  # fmt: skip
+    finally:
+        for row in reversed(set_up):
+            if row.teardown is not None:
+                await row.teardown()
+    return [
+        _result(row.spec, recorder, dropped)
+        for row, recorder, dropped in zip(rows, recorders, cancelled, strict=True)
+    ]
+
+
+async def _run_window(
+    spec: BenchSpec,
+    make_operation: OperationFactory,
+    recorder: _Recorder,
+    clock: Callable[[], float],
+    progress: TextIO | None,
+    progress_interval_s: float | None,
+) -> int:
+    """Steps 2 to 5 of the recipe, recording into ``recorder``; how many operations had to be
+    cancelled."""
+    operations = [make_operation(index) for index in range(spec.concurrency)]
+    started = clock()
+    window = _Window(start=started + spec.warmup_s, end=started + spec.warmup_s + spec.duration_s)
+    label = describe(spec.name, spec.parameters, spec.concurrency)
+    progress_line = _ProgressLine(label, spec, window, progress, progress_interval_s)
+    tasks = [
+        asyncio.create_task(_work(operation, window, recorder, clock), name=f"{label} #{index}")
+        for index, operation in enumerate(operations)
+    ]
+    try:
+        await _wait_for_window(tasks, window, recorder, clock, progress_line)
+        return await _stop(tasks)
+    finally:
+        # Only reached with tasks still running if the run itself was cancelled or failed.
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+
+
+def _result(spec: BenchSpec, recorder: _Recorder, cancelled: int) -> BenchResult:
     return BenchResult(
         name=spec.name,
         parameters=dict(spec.parameters),
         concurrency=spec.concurrency,
-        duration_s=duration_s,
+        duration_s=spec.duration_s,
         warmup_s=spec.warmup_s,
         operations=recorder.histogram.count,
         errors=dict(recorder.errors),
-        operations_per_s=recorder.histogram.count / duration_s,
+        operations_per_s=recorder.histogram.count / spec.duration_s,
         latency_ms=_latency_ms(recorder.histogram),
         notes=_notes(recorder, cancelled),
     )
