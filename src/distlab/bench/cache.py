@@ -40,11 +40,10 @@ from typing import Any, TextIO
 from distlab.bench.histogram import LatencyHistogram
 from distlab.bench.kv import ECHO_NAME, EchoReference
 from distlab.bench.runner import (
-    NANOSECONDS_PER_MILLISECOND,
-    PERCENTILES,
     BenchResult,
     BenchSpec,
     Operation,
+    latency_ms,
     run_benchmark,
 )
 from distlab.cache.traces import zipf_trace
@@ -380,14 +379,6 @@ def run_threaded(
         thread.start()
     for thread in threads:
         thread.join()
-    latency_ms: dict[str, float] = {}
-    if histogram.count:
-        latency_ms = {
-            key: histogram.value_at_percentile(percentile) / NANOSECONDS_PER_MILLISECOND
-            for key, percentile in PERCENTILES.items()
-        }
-        latency_ms["max"] = histogram.max_ns / NANOSECONDS_PER_MILLISECOND
-        latency_ms["mean"] = histogram.mean_ns / NANOSECONDS_PER_MILLISECOND
     return BenchResult(
         name=spec.name,
         parameters=dict(spec.parameters),
@@ -397,7 +388,7 @@ def run_threaded(
         operations=histogram.count,
         errors={"Exception": errors[0]} if errors[0] else {},
         operations_per_s=histogram.count / spec.duration_s,
-        latency_ms=latency_ms,
+        latency_ms=latency_ms(histogram),
         counters={"keys_per_s": round(keys[0] / spec.duration_s)},
     )
 

@@ -335,7 +335,7 @@ async def _stop(tasks: Sequence[asyncio.Task[None]]) -> int:
     return len(pending)
 
 
-def _latency_ms(histogram: LatencyHistogram) -> dict[str, float]:
+def latency_ms(histogram: LatencyHistogram) -> dict[str, float]:
     if histogram.count == 0:
         return {}
     latency_ms = {
@@ -488,7 +488,7 @@ def _result(spec: BenchSpec, recorder: _Recorder, cancelled: int) -> BenchResult
         operations=recorder.histogram.count,
         errors=dict(recorder.errors),
         operations_per_s=recorder.histogram.count / spec.duration_s,
-        latency_ms=_latency_ms(recorder.histogram),
+        latency_ms=latency_ms(recorder.histogram),
         notes=_notes(recorder, cancelled),
     )
 
