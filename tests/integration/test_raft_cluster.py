@@ -16,6 +16,7 @@ import pytest
 
 from distlab.chaos.cluster import reserve_ports
 from distlab.common.processes import NodeProcess
+from distlab.common.server import SHUTDOWN_GRACE_S_DEFAULT
 from distlab.proto import raft_pb2, raft_pb2_grpc
 
 DEADLINE_S = 30.0
@@ -215,3 +216,20 @@ def test_the_command_line_follows_the_leader_hint(cluster: list[NodeProcess]) ->
     assert (read.returncode, read.stdout.strip()) == (0, "hello")
     missing = run_cli("get", "nothing", "--to", leader.address)
     assert (missing.returncode, missing.stdout.strip()) == (1, "(not found)")
+
+
+def test_a_node_stops_gracefully_without_waiting_out_its_peers_streams(
+    cluster: list[NodeProcess],
+) -> None:
+    """Peers keep a stream open into every node for as long as they run; a graceful stop must
+    end those calls rather than wait the whole shutdown grace for them."""
+    call(cluster, "Put", raft_pb2.RaftPutRequest(key=b"k", value=b"v"))
+    first = cluster[0]
+
+    started = time.monotonic()
+    status = first.terminate(deadline_s=SHUTDOWN_GRACE_S_DEFAULT * 2)
+    stopped_s = time.monotonic() - started
+
+    assert status == 0
+    assert stopped_s < SHUTDOWN_GRACE_S_DEFAULT / 2, stopped_s
+    assert '"event": "stopped"' in first.log_path.read_text()

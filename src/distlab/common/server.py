@@ -10,9 +10,11 @@ What every node gets, so no service re-implements it:
   balancers work out of the box;
 - graceful shutdown on SIGTERM/SIGINT, in this order (the order is what keeps acknowledged writes):
   1. health goes NOT_SERVING, so balancers and probes stop sending new work;
-  2. ``server.stop(grace)`` refuses new calls and lets in-flight ones finish, up to the grace;
-  3. ``on_stop`` runs: the service flushes and fsyncs its storage and closes files;
-  4. the port file is removed and the process exits 0.
+  2. ``before_stop`` runs: a service ends the calls that would never end by themselves (a
+     peer's long-lived stream), or the grace below would always run out waiting for them;
+  3. ``server.stop(grace)`` refuses new calls and lets in-flight ones finish, up to the grace;
+  4. ``on_stop`` runs: the service flushes and fsyncs its storage and closes files;
+  5. the port file is removed and the process exits 0.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ async def run_server(
     register: Register,
     *,
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    before_stop: Callable[[], Awaitable[None]] | None = None,
     stop: asyncio.Event | None = None,
     metrics: NodeMetrics | None = None,
     on_serving: Callable[[int], Awaitable[None]] | None = None,
@@ -131,6 +134,8 @@ async def run_server(
         await stop.wait()
         log_event(logger, "stopping", address=bound, grace_s=options.shutdown_grace_s)
         await health_servicer.enter_graceful_shutdown()
+        if before_stop is not None:
+            await before_stop()
         await server.stop(options.shutdown_grace_s)
         if on_stop is not None:
             await on_stop()

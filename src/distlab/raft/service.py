@@ -17,7 +17,7 @@ from distlab.chaos import injection
 from distlab.chaos.injection import FaultInjectionServicer
 from distlab.chaos.rpc_faults import LinkFaults
 from distlab.common.clock import SystemClock
-from distlab.common.errors import invalid_argument
+from distlab.common.errors import UNAVAILABLE, DistlabError, invalid_argument
 from distlab.common.limits import Limits
 from distlab.common.rpc import abort_on_error, deadline_s
 from distlab.common.server import ServerOptions, run_server
@@ -35,15 +35,37 @@ STEP_MESSAGES_MAX = 1024
 class RaftServicer(raft_pb2_grpc.RaftServicer):
     def __init__(self, node: RaftNode) -> None:
         self.node = node
+        self._closing = asyncio.Event()
+
+    async def close_streams(self) -> None:
+        """End every peer's stream into this node. A stream lasts as long as its peer keeps
+        it, so at shutdown a graceful stop would otherwise wait out its whole grace."""
+        self._closing.set()
 
     @abort_on_error
     async def Step(
         self, requests: AsyncIterator[raft_pb2.StepRequest], context: Context
     ) -> raft_pb2.StepResponse:
-        """A peer's stream of message batches, open for as long as the peer keeps it."""
+        """A peer's stream of message batches, open for as long as the peer keeps it or until
+        this node stops. The stream is read in a task of its own because only a handler that
+        returns ends its call: cancelling it leaves the call open until the grace runs out."""
+        if self._closing.is_set():
+            raise DistlabError(UNAVAILABLE, "this node is stopping")
+        reader = asyncio.create_task(self._receive(requests))
+        closing = asyncio.create_task(self._closing.wait())
+        try:
+            await asyncio.wait({reader, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+            reader.cancel()
+        if reader.done() and not reader.cancelled():
+            reader.result()  # raises what the stream's messages were refused for
+            return raft_pb2.StepResponse()
+        raise DistlabError(UNAVAILABLE, "this node is stopping")
+
+    async def _receive(self, requests: AsyncIterator[raft_pb2.StepRequest]) -> None:
         async for request in requests:
             self.node.receive(self._messages(request))
-        return raft_pb2.StepResponse()
 
     def _messages(self, request: raft_pb2.StepRequest) -> list[Message]:
         if len(request.messages) > STEP_MESSAGES_MAX:
@@ -130,8 +152,10 @@ async def run_node(config: RaftNodeConfig, stop: asyncio.Event | None = None) ->
     # the monotonic clock, and serves reads by ReadIndex rather than by clock-based leases.
     fault_injection = FaultInjectionServicer(config.allow_fault_injection, SystemClock(), faults)
 
+    raft_servicer = RaftServicer(node)
+
     def register(server: grpc.aio.Server) -> list[str]:
-        raft_pb2_grpc.add_RaftServicer_to_server(RaftServicer(node), server)
+        raft_pb2_grpc.add_RaftServicer_to_server(raft_servicer, server)
         raft_pb2_grpc.add_RaftKeyValueServicer_to_server(
             RaftKeyValueServicer(node, config.server.limits), server
         )
@@ -148,7 +172,12 @@ async def run_node(config: RaftNodeConfig, stop: asyncio.Event | None = None) ->
 
     try:
         await run_server(
-            config.server, register, on_stop=node.close, stop=stop, on_serving=on_serving
+            config.server,
+            register,
+            on_stop=node.close,
+            before_stop=raft_servicer.close_streams,
+            stop=stop,
+            on_serving=on_serving,
         )
     finally:
         await node.close()
