@@ -14,7 +14,6 @@ line on stderr with a non-zero exit status, never as a traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
@@ -23,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distlab.common import logs
+from distlab.common import eventloop, logs
 from distlab.common.errors import NOT_FOUND, DistlabError
 from distlab.common.limits import (
     CLIENT_DEADLINE_MS_DEFAULT,
@@ -288,7 +287,7 @@ def _run_node(args: argparse.Namespace) -> int:
         advertise_host=args.advertise_host,
     )
     try:
-        asyncio.run(run_node(config))
+        eventloop.run(run_node(config))
     except ServerStartError as error:
         return _fail(str(error))
     except WalCorruptionError as error:

@@ -47,6 +47,7 @@ from distlab.bench.runner import (
     run_benchmark,
 )
 from distlab.cache.traces import zipf_trace
+from distlab.common import eventloop
 from distlab.common.processes import NodeProcess
 
 BENCHMARK_NAME = "cache"
@@ -131,7 +132,7 @@ def run_cache_benchmarks(
                 node.start(wait=False)
             for node in nodes:
                 node.wait_serving()
-            results = asyncio.run(_rows(settings, [node.address for node in nodes], progress))
+            results = eventloop.run(_rows(settings, [node.address for node in nodes], progress))
         finally:
             for node in nodes:
                 node.terminate()

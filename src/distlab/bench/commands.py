@@ -14,7 +14,6 @@ which not a single operation succeeded exits with status 1, after printing the t
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ from distlab.bench.runner import (
     format_table,
     write_json,
 )
+from distlab.common import eventloop
 from distlab.common.wal_file import FsyncPolicy
 
 EXIT_OK = 0
@@ -133,7 +133,7 @@ def _run_wal(args: argparse.Namespace) -> int:
         return _fail(f"bench wal: {error}", EXIT_USAGE)
     started_at = datetime.now(UTC)
     try:
-        results = asyncio.run(wal.run_wal_benchmarks(settings, progress=sys.stderr))
+        results = eventloop.run(wal.run_wal_benchmarks(settings, progress=sys.stderr))
     except OSError as error:
         return _fail(f"bench wal: cannot run the write-ahead log: {error}")
     return report(

@@ -84,7 +84,7 @@ from distlab.bench.runner import (
     run_benchmark,
     throughput_ratio,
 )
-from distlab.common import errors
+from distlab.common import errors, eventloop
 from distlab.common.errors import DistlabError, ErrorKind
 from distlab.common.limits import CLIENT_DEADLINE_MS_DEFAULT, CONCURRENT_RPCS_MAX_DEFAULT
 from distlab.common.processes import NodeProcess, NodeStartError
@@ -338,7 +338,7 @@ def run_kv_benchmarks(settings: KvBenchSettings, *, progress: TextIO | None) -> 
     loop) can skip it. Raises ``KvBenchError`` when the benchmark cannot run.
     """
     if not settings.local:
-        results = asyncio.run(_run_rows(settings, list(settings.targets), (), progress))
+        results = eventloop.run(_run_rows(settings, list(settings.targets), (), progress))
         return KvBenchOutcome(tuple(results))
     with tempfile.TemporaryDirectory(
         prefix="distlab-bench-kv-", dir=settings.directory
@@ -353,7 +353,7 @@ def run_kv_benchmarks(settings: KvBenchSettings, *, progress: TextIO | None) -> 
             )
             names = tuple(node.name for node in nodes)
             addresses = [node.address for node in nodes]
-            results = asyncio.run(_run_rows(settings, addresses, names, progress))
+            results = eventloop.run(_run_rows(settings, addresses, names, progress))
             warnings = tuple(_exited_during_run(nodes))
         finally:
             for node in nodes:

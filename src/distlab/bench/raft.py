@@ -32,6 +32,7 @@ from typing import TextIO
 
 from distlab.bench.kv import ECHO_NAME, EchoReference
 from distlab.bench.runner import BenchResult, BenchSpec, Operation, Row, run_interleaved
+from distlab.common import eventloop
 from distlab.common.processes import NodeProcess
 from distlab.common.wal_file import FsyncPolicy
 
@@ -112,7 +113,7 @@ def run_raft_benchmarks(settings: RaftBenchSettings, progress: TextIO | None) ->
                 node.start(wait=False)
             for node in nodes:
                 node.wait_serving()
-            return asyncio.run(_rows(settings, nodes, progress))
+            return eventloop.run(_rows(settings, nodes, progress))
         finally:
             for node in nodes:
                 node.terminate()

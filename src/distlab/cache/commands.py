@@ -10,12 +10,11 @@ distlab cache stats
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from pathlib import Path
 
-from distlab.common import logs
+from distlab.common import eventloop, logs
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -119,7 +118,7 @@ def _run_node(args: argparse.Namespace) -> int:
         ),
     )
     try:
-        asyncio.run(run_node(config))
+        eventloop.run(run_node(config))
     except ServerStartError as error:
         print(f"distlab cache node: {error}", file=sys.stderr)
         return EXIT_FAILED
@@ -143,7 +142,7 @@ def _run_router(args: argparse.Namespace) -> int:
     logs.configure(args.node_id, getattr(logging, args.log_level.upper(), logging.INFO))
     server = ServerOptions(host=args.host, port=args.port, port_file=args.port_file)
     try:
-        asyncio.run(run_router(RouterConfig(router=options, server=server)))
+        eventloop.run(run_router(RouterConfig(router=options, server=server)))
     except ServerStartError as error:
         print(f"distlab cache router: {error}", file=sys.stderr)
         return EXIT_FAILED
@@ -158,7 +157,7 @@ def _run_client(args: argparse.Namespace) -> int:
         print("error: --nodes names no node", file=sys.stderr)
         return EXIT_USAGE
     try:
-        return asyncio.run(_client_call(args, nodes))
+        return eventloop.run(_client_call(args, nodes))
     except DistlabError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED

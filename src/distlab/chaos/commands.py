@@ -13,7 +13,6 @@ command that replays it.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import shlex
 import sys
@@ -21,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from distlab.chaos.nemesis import FaultKind, Schedule
+from distlab.common import eventloop
 
 EXIT_USAGE = 2
 RUNS_DIRECTORY_DEFAULT = Path("runs")
@@ -83,6 +83,15 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         type=Path,
         metavar="RUN_DIR",
         help="repeat that run's configuration, fault schedule and workload seed",
+    )
+    run.add_argument(
+        "--workload-option",
+        type=_workload_option,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set one of the workload's options (a JSON value, else a string), e.g. "
+        "--workload-option leases=false for the cache's negative control (repeatable)",
     )
     kv = run.add_argument_group("key-value store")
     kv.add_argument("--replicas", type=_positive_int, default=3, help="N")
@@ -160,6 +169,7 @@ def _run(args: argparse.Namespace) -> int:
                     rate=args.rate,
                     concurrency=args.concurrency,
                     converge_wait_s=args.converge_wait,
+                    extra={"workload": dict(args.workload_option)},
                 ),
             )
             if args.schedule is not None:
@@ -169,10 +179,20 @@ def _run(args: argparse.Namespace) -> int:
             print(f"distlab chaos run: {error}", file=sys.stderr)
             return EXIT_USAGE
     print(f"chaos run: system {config.system}, seed {config.seed}", file=sys.stderr)
-    outcome = asyncio.run(run(config, args.out, schedule=schedule, command=command))
+    outcome = eventloop.run(run(config, args.out, schedule=schedule, command=command))
     for line in summary_lines(outcome):
         print(line)
     return outcome.exit_status
+
+
+def _workload_option(text: str) -> tuple[str, object]:
+    name, separator, value = text.partition("=")
+    if not separator or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
 
 
 def _check(args: argparse.Namespace) -> int:

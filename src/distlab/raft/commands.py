@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import random
@@ -18,7 +17,7 @@ import re
 import sys
 from pathlib import Path
 
-from distlab.common import logs
+from distlab.common import eventloop, logs
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -120,7 +119,7 @@ def _run_node(args: argparse.Namespace) -> int:
         allow_fault_injection=args.allow_fault_injection,
     )
     try:
-        asyncio.run(run_node(config))
+        eventloop.run(run_node(config))
     except ServerStartError as error:
         print(f"distlab raft node: {error}", file=sys.stderr)
         return EXIT_FAILED
