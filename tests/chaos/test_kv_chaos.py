@@ -130,9 +130,19 @@ def test_switch_anti_entropy(tmp_path: Path) -> None:
 def test_switch_hinted_handoff(tmp_path: Path) -> None:
     # N=2 on 3 nodes: while an owner is down, a sloppy quorum writes to the third node as a
     # hint. Only handoff brings those writes to the owner (read repair and anti-entropy off).
-    schedule = scripted(8.0, 3, [kill("n2", 1.5, 5.0)])
-    quiet = ["--no-read-repair", "--anti-entropy-interval-ms", "0"]
-    common: dict[str, Any] = {"replicas": 2, "r": 1, "w": 2, "strict_quorum": False}
+    # Keys rotate every 3.5 s and n2 is down from 0.5 s to 7.5 s, so the second set of keys is
+    # written only while it is down: however fast n2 restarts, no later write reaches it. The
+    # first set also sees writes that failed on n2 before it was detected down (500 ms): the
+    # hinted writes of the next 2.5 s supersede them, so they converge when hints are on.
+    schedule = scripted(11.0, 3, [kill("n2", 0.5, 7.5)])
+    quiet = ["--no-read-repair", "--anti-entropy-interval-ms", "0", "--failure-timeout-ms", "500"]
+    common: dict[str, Any] = {
+        "replicas": 2,
+        "r": 1,
+        "w": 2,
+        "strict_quorum": False,
+        "workload": {"key_period_s": 3.5},
+    }
 
     off = chaos_run(tmp_path / "off", schedule, node_args=[*quiet, "--no-hinted-handoff"], **common)
     on = chaos_run(tmp_path / "on", schedule, node_args=quiet, **common)
