@@ -265,6 +265,7 @@ class CacheStore:
             return False
         touched = Item(key, item.value, item.version, now_ms + ttl_ms if ttl_ms else 0)
         self._items[key] = touched
+        self.policy.on_hit(key)  # a touch is a use, as memcached's touch bumps the item
         if touched.expires_at_ms:
             heapq.heappush(self._expiries, (touched.expires_at_ms, key, touched.version))
         return True
