@@ -12,8 +12,10 @@ from pathlib import Path
 import grpc.aio
 import pytest
 
-from distlab.cache.client import CacheClient
+from distlab.cache.client import CacheClient, ReadThrough, Source
 from distlab.cache.routing import NodeHealth
+from distlab.common import errors
+from distlab.common.errors import DistlabError
 from distlab.common.processes import NodeProcess
 from distlab.proto import cache_pb2, cache_pb2_grpc
 
@@ -102,6 +104,37 @@ async def test_a_dead_node_is_ejected_its_keys_fall_over_and_it_is_taken_back(
         assert await client.set(owned[0], b"after")
         stats = await client.stats()
         assert stats[victim.address].items == 1  # its key came home
+
+
+async def test_a_delete_needs_the_owner_and_a_stand_ins_copy_lives_one_failover_ttl(
+    nodes: list[NodeProcess],
+) -> None:
+    """Facebook's Gutter rule: a refill that fell over to a stand-in gets a short TTL, because
+    deletes go to the owner only; and a delete the owner cannot take is not acknowledged."""
+    health = NodeHealth(eject_after_failures=1, ejection_ms=60_000)  # no probe in this test
+    failover_ttl_ms = 300
+    addresses = [node.address for node in nodes]
+    async with CacheClient(addresses, health=health, failover_ttl_ms=failover_ttl_ms) as client:
+        victim = nodes[1]
+        key = next(key for key in keys(200) if client.router.node_for(key) == victim.address)
+        victim.kill()
+
+        async def load() -> bytes:
+            return b"loaded"
+
+        read = await client.read_through(key, load)
+        filled_at = time.monotonic()
+        assert read == ReadThrough(b"loaded", Source.LOADED)  # leased and refilled elsewhere
+        assert await client.get(key) == b"loaded"
+        with pytest.raises(DistlabError) as refused:
+            await client.delete(key)
+        assert refused.value.kind is errors.UNREACHABLE  # it may or may not have happened
+
+        deadline = time.monotonic() + DEADLINE_S
+        while await client.get(key) is not None:
+            assert time.monotonic() < deadline, "the stand-in's copy never expired"
+            await asyncio.sleep(0.02)
+        assert time.monotonic() - filled_at >= failover_ttl_ms / 1000
 
 
 async def test_a_delete_makes_a_slow_refill_fail(nodes: list[NodeProcess]) -> None:

@@ -193,7 +193,9 @@ def test_one_way_cuts_only_one_nodes_outgoing_links(count: int, seed: int) -> No
     assert cut.description == f"one-way: {mute} cannot send to {{{', '.join(others)}}}"
 
 
-@pytest.mark.parametrize(("shape", "nodes_min"), sorted(SHAPE_NODES_MIN.items()))
+@pytest.mark.parametrize(
+    ("shape", "nodes_min"), sorted(item for item in SHAPE_NODES_MIN.items() if item[1] > 1)
+)
 def test_a_shape_refuses_too_few_nodes(shape: PartitionShape, nodes_min: int) -> None:
     with pytest.raises(ValueError, match=f"{shape} needs at least {nodes_min} nodes, got"):
         partition(shape, names(nodes_min - 1), random.Random(SEED))
@@ -222,6 +224,30 @@ def test_partitions_are_a_function_of_the_seed(shape: PartitionShape) -> None:
     assert first == partition(shape, nodes, random.Random(SEED))
     others = {partition(shape, nodes, random.Random(seed)).cuts for seed in range(20)}
     assert len(others) > 1, "the seed should move the cut around"
+
+
+@pytest.mark.parametrize("count", [1, 3, 5])
+@pytest.mark.parametrize("seed", range(5))
+def test_clients_cuts_only_the_clients_link_to_one_node(count: int, seed: int) -> None:
+    nodes = names(count)
+    cut = partition(PartitionShape.CLIENTS, nodes, random.Random(seed))
+    ((source, unreachable),) = cut.cuts
+    assert source == nemesis.CLIENT_NAME
+    assert unreachable in nodes
+    assert fully_connected(cut, nodes)  # the nodes still reach each other
+    assert cut.description == f"clients: the clients cannot reach {unreachable}"
+
+
+def test_clients_is_drawn_only_when_named() -> None:
+    schedule = long_schedule(
+        3, kinds=[FaultKind.PARTITION], shapes=[PartitionShape.CLIENTS], duration_s=300.0
+    )
+    assert schedule.faults
+    for fault in schedule.faults:
+        assert fault.partition is not None
+        assert fault.partition.shape is PartitionShape.CLIENTS
+        assert fault.nodes == (next(iter(fault.partition.cuts))[1],)
+    assert Schedule.from_json(json.loads(json.dumps(schedule.to_json()))) == schedule
 
 
 def test_reachable_treats_a_node_as_reaching_itself() -> None:
@@ -377,7 +403,11 @@ def test_every_allowed_shape_is_drawn() -> None:
     for count in (2, 3, 5):
         schedule = long_schedule(count, kinds=[FaultKind.PARTITION], duration_s=3_000.0)
         drawn = {fault.partition.shape for fault in schedule.faults if fault.partition}
-        assert drawn == {shape for shape, low in SHAPE_NODES_MIN.items() if low <= count}
+        assert drawn == {
+            shape
+            for shape, low in SHAPE_NODES_MIN.items()
+            if low <= count and shape is not PartitionShape.CLIENTS
+        }
 
 
 def test_shapes_restrict_the_draw() -> None:

@@ -9,12 +9,16 @@
   Envoy's outlier detection). A set that falls over gets a short TTL (``FAILOVER_TTL_MS``), the
   Gutter pool's rule in "Scaling Memcache at Facebook" (NSDI 2013, 3.3): when the owner comes
   back, the copy on its stand-in must not outlive the owner's newer values for long.
+* **Deletes** go to the key's owner only, and do not fall over: a delete that only reached a
+  stand-in would leave the owner's copy to be served again once the owner is back. A delete
+  the owner did not acknowledge raises, and the writer retries it (Facebook's mcsqueal replays
+  deletes until they land). Copies on stand-ins are not deleted; the Gutter TTL bounds them.
 * **get_or_load** reads through the cache. A miss asks for a lease (the paper's 3.2.1); the
   winner loads from the backing store and refills with its token, which a delete in between
   invalidates; the others are told to wait and retry, or take the stale value if the node
   still has it. Inside one client, concurrent calls for the same key share one load
   (singleflight, as groupcache does). Any cache failure makes it a plain load: a dead cache node
-  costs hits, never errors.
+  costs hits, never errors. ``read_through`` says how each read was served.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -60,6 +65,22 @@ LEASE_WAITS_MAX = 50
 _FAILOVER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
+class Source(StrEnum):
+    """How ``read_through`` served a read."""
+
+    HIT = "hit"  # the cache had it
+    STALE = "stale"  # another reader held the lease; the value a delete just removed
+    LOADED = "loaded"  # this call won the lease, loaded, and refilled the cache
+    SHARED = "shared"  # another call in this client was loading the key; its value
+    UNCACHED = "uncached"  # loaded with no cache fill: the cache failed, or a lease never ended
+
+
+@dataclass(frozen=True, slots=True)
+class ReadThrough:
+    value: bytes
+    source: Source
+
+
 @dataclass(frozen=True, slots=True)
 class Lookup:
     """What a leased get said, and which node said it."""
@@ -77,9 +98,13 @@ class CacheClient:
         deadline_ms: int = CLIENT_DEADLINE_MS_DEFAULT,
         clock: Clock | None = None,
         health: NodeHealth | None = None,
+        failover_ttl_ms: int = FAILOVER_TTL_MS,
     ) -> None:
         if router not in ROUTERS:
             raise ValueError(f"router must be one of {sorted(ROUTERS)}")
+        if failover_ttl_ms < 1:
+            raise ValueError("failover_ttl_ms must be >= 1")
+        self.failover_ttl_ms = failover_ttl_ms
         self.router = ROUTERS[router](list(addresses))
         self.deadline_s = deadline_ms / 1000
         self.clock = clock or SystemClock()
@@ -90,7 +115,7 @@ class CacheClient:
             address: cache_pb2_grpc.CacheStub(channel)
             for address, channel in self._channels.items()
         }
-        self._flights: dict[bytes, asyncio.Future[bytes]] = {}
+        self._flights: dict[bytes, asyncio.Future[ReadThrough]] = {}
 
     # --- the memcached commands, routed ---
 
@@ -103,9 +128,10 @@ class CacheClient:
         owner = self.router.node_for(key)
 
         def call(stub: Any, node: str) -> Any:
-            ttl = ttl_ms if node == owner else min(ttl_ms or FAILOVER_TTL_MS, FAILOVER_TTL_MS)
             return stub.Set(
-                cache_pb2.CacheSetRequest(key=key, value=value, ttl_ms=ttl),
+                cache_pb2.CacheSetRequest(
+                    key=key, value=value, ttl_ms=self._ttl_on(node, owner, ttl_ms)
+                ),
                 timeout=self.deadline_s,
             )
 
@@ -113,11 +139,10 @@ class CacheClient:
         return bool(reply.stored)
 
     async def delete(self, key: bytes) -> bool:
-        _, reply = await self._routed(
-            key,
-            lambda stub: stub.Delete(
-                cache_pb2.CacheDeleteRequest(key=key), timeout=self.deadline_s
-            ),
+        """Delete ``key`` at its owner, even one that is ejected (see the module's docstring);
+        whether it was there. Raises if the owner did not acknowledge the delete."""
+        reply = await self.call_node(
+            self.router.node_for(key), "Delete", cache_pb2.CacheDeleteRequest(key=key)
         )
         return bool(reply.existed)
 
@@ -195,9 +220,16 @@ class CacheClient:
     ) -> bytes:
         """The cached value, or ``load()``'s, filling the cache under a lease. Concurrent calls
         for ``key`` in this client share one flight."""
+        return (await self.read_through(key, load, ttl_ms=ttl_ms)).value
+
+    async def read_through(
+        self, key: bytes, load: Callable[[], Awaitable[bytes]], *, ttl_ms: int = 0
+    ) -> ReadThrough:
+        """``get_or_load``, saying how the value was found."""
         flight = self._flights.get(key)
         if flight is not None:
-            return await asyncio.shield(flight)
+            shared = await asyncio.shield(flight)
+            return ReadThrough(shared.value, Source.SHARED)
         flight = asyncio.get_running_loop().create_future()
         self._flights[key] = flight
         try:
@@ -214,23 +246,26 @@ class CacheClient:
 
     async def _read_through(
         self, key: bytes, load: Callable[[], Awaitable[bytes]], ttl_ms: int
-    ) -> bytes:
+    ) -> ReadThrough:
         for _ in range(LEASE_WAITS_MAX):
             try:
                 lookup = await self._leased_get(key)
             except DistlabError:
-                return await load()  # the cache is unreachable: a miss, not an error
+                # The cache is unreachable: a miss, not an error.
+                return ReadThrough(await load(), Source.UNCACHED)
             reply = lookup.reply
             if reply.hit:
-                return reply.value
+                return ReadThrough(reply.value, Source.HIT)
             if reply.lease_token:
                 value = await load()
                 await self._refill(lookup.node, key, value, ttl_ms, reply.lease_token)
-                return value
+                return ReadThrough(value, Source.LOADED)
             if reply.has_stale:
-                return reply.stale_value  # the paper's choice: slightly old over a stampede
+                # The paper's choice: slightly old over a stampede.
+                return ReadThrough(reply.stale_value, Source.STALE)
             await asyncio.sleep(LEASE_WAIT_MS / 1000)
-        return await load()  # the lease holder never refilled: load, but leave the cache alone
+        # The lease holder never refilled: load, but leave the cache alone.
+        return ReadThrough(await load(), Source.UNCACHED)
 
     async def _leased_get(self, key: bytes) -> Lookup:
         node, reply = await self._routed(
@@ -244,6 +279,7 @@ class CacheClient:
     async def _refill(self, node: str, key: bytes, value: bytes, ttl_ms: int, token: int) -> None:
         """Set under the lease, on the node that granted it; a refused or failed refill only
         means the next reader misses too."""
+        ttl_ms = self._ttl_on(node, self.router.node_for(key), ttl_ms)
         try:
             await self._stubs[node].Set(
                 cache_pb2.CacheSetRequest(key=key, value=value, ttl_ms=ttl_ms, lease_token=token),
@@ -251,6 +287,13 @@ class CacheClient:
             )
         except grpc.aio.AioRpcError:
             pass
+
+    def _ttl_on(self, node: str, owner: str, ttl_ms: int) -> int:
+        """The TTL of a set on ``node``: the caller's on the owner, at most the Gutter TTL on a
+        stand-in (no TTL, 0, counts as longer than any)."""
+        if node == owner:
+            return ttl_ms
+        return min(ttl_ms or self.failover_ttl_ms, self.failover_ttl_ms)
 
     # --- routing and failover ---
 

@@ -29,12 +29,13 @@ from pathlib import Path
 
 import grpc.aio
 
+from distlab.chaos.nemesis import CLIENT_NAME
 from distlab.chaos.netproxy import LinkCondition, ProxyNetwork
 from distlab.common.processes import NodeProcess
 from distlab.common.wal_file import cut_to_durable
 from distlab.proto import chaos_pb2, chaos_pb2_grpc
 
-CLIENT = "client"
+CLIENT = CLIENT_NAME
 HOST = "127.0.0.1"
 CONTROL_CALL_TIMEOUT_S = 5.0
 LEDGER_SUFFIX = ".durable.json"
@@ -77,11 +78,15 @@ class ChaosCluster:
         node_arguments: Mapping[str, Sequence[str]],
         seed: int,
         command: tuple[str, ...] = ("node",),
+        peer_flags: bool = True,
     ) -> None:
         self.run_dir = run_dir
         self.names = list(names)
         self.node_arguments = {name: list(node_arguments.get(name, ())) for name in names}
         self.command = command
+        # Nodes that talk to peers get the harness's flags (routes through the proxies, seeds,
+        # fault injection, the durable ledger); cache nodes have no peers and no disk.
+        self.peer_flags = peer_flags
         self.network = ProxyNetwork(seed=seed)
         self.nodes: dict[str, NodeProcess] = {}
         self._started = False
@@ -120,19 +125,19 @@ class ChaosCluster:
             arguments = [
                 argument.replace("{peers}", peers) for argument in self.node_arguments[name]
             ]
+            harness_flags = [
+                "--allow-fault-injection",
+                "--durable-ledger",
+                "--peer-routes",
+                str(routes_file),
+                "--seeds",
+                ",".join(seeds),
+            ]
             self.nodes[name] = NodeProcess(
                 name=name,
                 data_dir=self.run_dir / "nodes" / name,
                 log_path=self.run_dir / "logs" / f"{name}.log",
-                arguments=[
-                    "--allow-fault-injection",
-                    "--durable-ledger",
-                    "--peer-routes",
-                    str(routes_file),
-                    "--seeds",
-                    ",".join(seeds),
-                    *arguments,
-                ],
+                arguments=[*(harness_flags if self.peer_flags else []), *arguments],
                 host=HOST,
                 port=port,
                 command=self.command,

@@ -127,6 +127,13 @@ class PartitionShape(StrEnum):
     MAJORITIES_RING = "majorities-ring"  # every node sees a majority, no two the same one
     BRIDGE = "bridge"  # two halves that reach each other only through one bridge node
     ONE_WAY = "one-way"  # one node cannot send to the others but still receives
+    # The clients cannot reach one node, which still talks to its peers: the one partition that
+    # matters to nodes that never talk to each other (cache nodes). Drawn only when named.
+    CLIENTS = "clients"
+
+
+# The clients' end of the links a partition can cut (the harness's client proxies).
+CLIENT_NAME = "client"
 
 
 # The fewest nodes each shape needs. Jepsen's majorities-ring is specified for 5 and more: with
@@ -137,6 +144,7 @@ SHAPE_NODES_MIN: Mapping[PartitionShape, int] = {
     PartitionShape.MAJORITIES_RING: 5,
     PartitionShape.BRIDGE: 3,
     PartitionShape.ONE_WAY: 2,
+    PartitionShape.CLIENTS: 1,
 }
 
 
@@ -468,6 +476,11 @@ def _build_partition(
     elif shape is PartitionShape.MAJORITIES_RING:
         cuts, description = _majorities_ring(shuffled)
         targets = list(nodes)
+    elif shape is PartitionShape.CLIENTS:
+        unreachable = shuffled[0]
+        cuts = frozenset({(CLIENT_NAME, unreachable)})
+        description = f"clients: the clients cannot reach {unreachable}"
+        targets = [unreachable]
     else:
         assert shape is PartitionShape.ONE_WAY, shape
         mute, others = shuffled[0], shuffled[1:]
@@ -692,8 +705,9 @@ def _checked_shapes(
     shapes: Iterable[PartitionShape] | None, node_count: int, partitions: bool
 ) -> tuple[PartitionShape, ...]:
     allowed = _allowed_shapes(node_count)
+    chosen: tuple[PartitionShape, ...]
     if shapes is None:
-        chosen = allowed
+        chosen = tuple(shape for shape in allowed if shape is not PartitionShape.CLIENTS)
     else:
         chosen_list: list[PartitionShape] = []
         for shape in shapes:
@@ -742,7 +756,7 @@ def _fault_nodes(fault: Fault) -> frozenset[str]:
     if fault.partition is not None:
         for source, target in fault.partition.cuts:
             named.update((source, target))
-    return frozenset(named)
+    return frozenset(named - {CLIENT_NAME})
 
 
 def _partition_from_json(data: Mapping[str, object]) -> Partition:

@@ -59,6 +59,22 @@ class RunConfig:
     quiet_s: float | None = None  # None: a share of the duration (see quiet_tail_s)
     system_config: SystemConfig = field(default_factory=SystemConfig)
 
+    def __post_init__(self) -> None:
+        if self.system not in SYSTEMS:
+            raise ValueError(f"unknown system {self.system!r} (known: {', '.join(SYSTEMS)})")
+        system = SYSTEMS[self.system]()
+        supported = system.fault_kinds
+        unsupported = sorted(kind for kind in self.faults if FaultKind(kind) not in supported)
+        if unsupported:
+            raise ValueError(
+                f"system {self.system} does not take faults {unsupported} "
+                f"(it takes {', '.join(sorted(supported))})"
+            )
+        try:
+            system.workload_options(self.system_config, self.duration_s, self.seed)
+        except TypeError as error:
+            raise ValueError(f"workload options of {self.system}: {error}") from None
+
     def quiet_tail_s(self) -> float:
         if self.quiet_s is not None:
             return self.quiet_s
@@ -96,6 +112,7 @@ class RunOutcome:
 
 def schedule_for(config: RunConfig) -> Schedule:
     return random_schedule(
+        shapes=SYSTEMS[config.system]().partition_shapes,
         seed=config.seed,
         nodes=config.node_names(),
         kinds=[FaultKind(kind) for kind in config.faults],
@@ -137,6 +154,9 @@ async def run(
 ) -> RunOutcome:
     system = SYSTEMS[config.system]()
     schedule = schedule or schedule_for(config)
+    unsupported = sorted({fault.kind for fault in schedule.faults} - system.fault_kinds)
+    if unsupported:
+        raise ValueError(f"system {system.name} does not take faults {unsupported}")
     run_dir = new_run_dir(out_dir, config)
     (run_dir / RUN_FILE).write_text(
         json.dumps(
@@ -155,7 +175,14 @@ async def run(
         name: system.node_arguments(config.system_config, config.seed, index)
         for index, name in enumerate(names)
     }
-    cluster = ChaosCluster(run_dir, names, arguments, seed=config.seed, command=system.command)
+    cluster = ChaosCluster(
+        run_dir,
+        names,
+        arguments,
+        seed=config.seed,
+        command=system.command,
+        peer_flags=system.peer_flags,
+    )
     with (run_dir / HISTORY_FILE).open("w") as history_file:
 
         def sink(line: str) -> None:

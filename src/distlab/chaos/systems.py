@@ -4,7 +4,8 @@ A system tells the harness (``distlab.chaos.runner``) how to start its nodes
 (``node_arguments``), runs its workload against them (``run_workload``), makes its final
 observations once every fault is healed (``finish``) and judges the history (``check``). This
 is Maelstrom's split of a workload into a client contract and a checker. The key-value store is
-the first; the cache, the queue and the job scheduler plug in the same way when they are built.
+the first; the Raft register and the cache cluster plug in the same way, and the queue and the
+job scheduler will when they are built.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 from distlab.chaos.checkers import CheckResult
 from distlab.chaos.cluster import ChaosCluster
 from distlab.chaos.history import HistoryRecorder, Op
+from distlab.chaos.nemesis import FaultKind, PartitionShape
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +74,16 @@ async def poll_views(
 class ChaosSystem(Protocol):
     name: str
     command: tuple[str, ...]  # the distlab subcommand that runs one node
+    fault_kinds: frozenset[FaultKind]  # the faults that mean something to it
+    partition_shapes: tuple[PartitionShape, ...] | None  # None: every node-to-node shape
+    peer_flags: bool  # whether its nodes take the harness's peer routes, seeds and injection
 
     def node_arguments(self, config: SystemConfig, seed: int, index: int) -> list[str]: ...
+
+    def workload_options(self, config: SystemConfig, duration_s: float, seed: int) -> Any:
+        """The workload's options from the run's (``extra["workload"]`` overrides them);
+        raises TypeError or ValueError for an unknown or bad one."""
+        ...
 
     async def run_workload(
         self,
@@ -103,6 +113,9 @@ class KvSystem:
 
     name = "kv"
     command: tuple[str, ...] = ("node",)
+    fault_kinds: frozenset[FaultKind] = frozenset(FaultKind)
+    partition_shapes: tuple[PartitionShape, ...] | None = None
+    peer_flags: bool = True
 
     def __init__(self) -> None:
         self._workload: Any = None
@@ -132,17 +145,22 @@ class KvSystem:
         duration_s: float,
         seed: int,
     ) -> None:
-        from distlab.kvstore.workload import KvWorkload, KvWorkloadOptions
+        from distlab.kvstore.workload import KvWorkload
 
-        options = KvWorkloadOptions(
+        options = self.workload_options(config, duration_s, seed)
+        self._workload = KvWorkload(cluster.client_addresses(), recorder, now_ns, options)
+        await self._workload.run()
+
+    def workload_options(self, config: SystemConfig, duration_s: float, seed: int) -> Any:
+        from distlab.kvstore.workload import KvWorkloadOptions
+
+        return KvWorkloadOptions(
             duration_s=duration_s,
             rate=config.rate,
             concurrency=config.concurrency,
             seed=seed,
             **config.extra.get("workload", {}),
         )
-        self._workload = KvWorkload(cluster.client_addresses(), recorder, now_ns, options)
-        await self._workload.run()
 
     async def settle(self, cluster: ChaosCluster) -> dict[str, Any]:
         """Wait until every node serves and sees every other alive (its Ring view), so that
@@ -225,6 +243,9 @@ class RaftSystem:
 
     name = "raft"
     command: tuple[str, ...] = ("raft", "node")
+    fault_kinds: frozenset[FaultKind] = frozenset(FaultKind)
+    partition_shapes: tuple[PartitionShape, ...] | None = None
+    peer_flags: bool = True
 
     def __init__(self) -> None:
         self._workload: Any = None
@@ -246,16 +267,10 @@ class RaftSystem:
         duration_s: float,
         seed: int,
     ) -> None:
-        from distlab.raft.workload import RaftWorkload, RaftWorkloadOptions
+        from distlab.raft.workload import RaftWorkload
 
         addresses = cluster.client_addresses()
-        options = RaftWorkloadOptions(
-            duration_s=duration_s,
-            rate=config.rate,
-            concurrency=config.concurrency,
-            seed=seed,
-            **config.extra.get("workload", {}),
-        )
+        options = self.workload_options(config, duration_s, seed)
         self._workload = RaftWorkload(
             addresses,
             {
@@ -267,6 +282,17 @@ class RaftSystem:
             options,
         )
         await self._workload.run()
+
+    def workload_options(self, config: SystemConfig, duration_s: float, seed: int) -> Any:
+        from distlab.raft.workload import RaftWorkloadOptions
+
+        return RaftWorkloadOptions(
+            duration_s=duration_s,
+            rate=config.rate,
+            concurrency=config.concurrency,
+            seed=seed,
+            **config.extra.get("workload", {}),
+        )
 
     async def settle(self, cluster: ChaosCluster) -> dict[str, Any]:
         """Wait until every node names the same leader."""
@@ -306,4 +332,109 @@ class RaftSystem:
         return [checkers.linearizability(pair(ops), required=not informative)]
 
 
-SYSTEMS: dict[str, Callable[[], ChaosSystem]] = {"kv": KvSystem, "raft": RaftSystem}
+class CacheSystem:
+    """The cache cluster (``distlab.cache``) in front of a backing store, cache-aside: no value
+    never written, no stale value once an invalidation has settled, no failed read.
+
+    Cache nodes do not talk to each other, so the faults that mean something are the ones
+    between the clients and a node: kill (it comes back empty), pause, a cut from the clients
+    and latency."""
+
+    name = "cache"
+    command: tuple[str, ...] = ("cache", "node")
+    fault_kinds: frozenset[FaultKind] = frozenset(
+        {FaultKind.KILL, FaultKind.PAUSE, FaultKind.PARTITION, FaultKind.LATENCY}
+    )
+    partition_shapes: tuple[PartitionShape, ...] | None = (PartitionShape.CLIENTS,)
+    peer_flags: bool = False
+    # Room for the scheduling delays of a busy 2-core machine and the harness's latency faults,
+    # on top of the leftovers the workload's options bound.
+    GRACE_MARGIN_MS = 500
+
+    def __init__(self) -> None:
+        self._workload: Any = None
+
+    def workload_options(self, config: SystemConfig, duration_s: float = 1.0, seed: int = 0) -> Any:
+        from distlab.cache.workload import CacheWorkloadOptions
+
+        return CacheWorkloadOptions(
+            duration_s=duration_s,
+            rate=config.rate,
+            concurrency=config.concurrency,
+            seed=seed,
+            **config.extra.get("workload", {}),
+        )
+
+    def node_arguments(self, config: SystemConfig, seed: int, index: int) -> list[str]:
+        options = self.workload_options(config)
+        return [
+            "--lease-ms", str(options.lease_ms),
+            "--stale-ms", str(options.stale_ms),
+            *config.node_args,
+        ]  # fmt: skip
+
+    async def run_workload(
+        self,
+        cluster: ChaosCluster,
+        recorder: HistoryRecorder,
+        now_ns: Callable[[], int],
+        config: SystemConfig,
+        duration_s: float,
+        seed: int,
+    ) -> None:
+        from distlab.cache.workload import CacheWorkload
+
+        options = self.workload_options(config, duration_s, seed)
+        self._workload = CacheWorkload(cluster.client_addresses(), recorder, now_ns, options)
+        await self._workload.run()
+
+    async def settle(self, cluster: ChaosCluster) -> dict[str, Any]:
+        """Wait until every node answers."""
+        import grpc.aio
+
+        from distlab.proto import cache_pb2, cache_pb2_grpc
+
+        async def view_of(address: str) -> str:
+            async with grpc.aio.insecure_channel(address) as channel:
+                stats = await cache_pb2_grpc.CacheStub(channel).Stats(
+                    cache_pb2.CacheStatsRequest(), timeout=2.0
+                )
+            return f"serving {stats.items} items"
+
+        def agree(views: dict[str, str]) -> bool:
+            return all(view.startswith("serving") for view in views.values())
+
+        return await poll_views(cluster, view_of, agree)
+
+    async def finish(
+        self,
+        cluster: ChaosCluster,
+        recorder: HistoryRecorder,
+        now_ns: Callable[[], int],
+        config: SystemConfig,
+    ) -> dict[str, Any]:
+        if self._workload is None:
+            return {}
+        await self._workload.close()
+        summary: dict[str, Any] = self._workload.summary()
+        return summary
+
+    def check(self, ops: Sequence[Op], config: SystemConfig) -> list[CheckResult]:
+        from distlab.cache.checker import CacheCheckConfig, check
+
+        grace_ms = self.workload_options(config).grace_ms(self.GRACE_MARGIN_MS)
+        return check(
+            ops,
+            CacheCheckConfig(
+                grace_ms=grace_ms,
+                require=frozenset(config.require),
+                informative=frozenset(config.informative),
+            ),
+        )
+
+
+SYSTEMS: dict[str, Callable[[], ChaosSystem]] = {
+    "kv": KvSystem,
+    "raft": RaftSystem,
+    "cache": CacheSystem,
+}

@@ -27,13 +27,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
 import grpc.aio
 
 from distlab.chaos.history import OBSERVER_PROCESS, HistoryRecorder, OpType
+from distlab.chaos.pacing import run_paced
 from distlab.common.rpc import error_from_rpc
 from distlab.kvstore.checker import DELETE, GET, PUT, REPLICA_STATE
 from distlab.kvstore.versioning import decode_context, decode_siblings, digest
@@ -104,30 +105,20 @@ class KvWorkload:
         self.keys: set[str] = set()
         self.channels = [grpc.aio.insecure_channel(address) for address in self.addresses]
         self.stubs = [kvstore_pb2_grpc.KeyValueStub(channel) for channel in self.channels]
-        self._slots = itertools.count()
 
     async def close(self) -> None:
         for channel in self.channels:
             await channel.close()
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        deadline = started + self.options.duration_s
-
-        async def worker(index: int) -> None:
+        def worker(index: int) -> Callable[[float], Awaitable[None]]:
             state = _Process(
                 index, index, random.Random(self.options.seed * CONCURRENCY_MAX + index)
             )
-            while True:
-                slot = next(self._slots)
-                at = started + slot / self.options.rate
-                if at >= deadline:
-                    return
-                await asyncio.sleep(max(0.0, at - loop.time()))
-                await self._one(state, loop.time() - started)
+            return lambda elapsed_s: self._one(state, elapsed_s)
 
-        await asyncio.gather(*(worker(index) for index in range(self.options.concurrency)))
+        workers = [worker(index) for index in range(self.options.concurrency)]
+        await run_paced(workers, self.options.rate, self.options.duration_s)
 
     async def _one(self, state: _Process, elapsed_s: float) -> None:
         options = self.options

@@ -10,8 +10,6 @@ timeout or a lost connection is ``info``, and the process is replaced (Jepsen's 
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +19,7 @@ import grpc
 import grpc.aio
 
 from distlab.chaos.history import HistoryRecorder, OpType
+from distlab.chaos.pacing import run_paced
 from distlab.common.rpc import error_from_rpc
 from distlab.proto import raft_pb2, raft_pb2_grpc
 
@@ -65,41 +64,14 @@ class RaftWorkload:
         self.now_ns = now_ns
         self.options = options
         self.channels = {address: grpc.aio.insecure_channel(address) for address in self.addresses}
-        self._slots = itertools.count()
 
     async def close(self) -> None:
         for channel in self.channels.values():
             await channel.close()
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        deadline = started + self.options.duration_s
-
-        async def worker(index: int) -> None:
-            rng = random.Random(self.options.seed * CONCURRENCY_MAX + index)
-            process = index
-            target = self.addresses[index % len(self.addresses)]
-            writes = 0
-            while True:
-                slot = next(self._slots)
-                at = started + slot / self.options.rate
-                if at >= deadline:
-                    return
-                await asyncio.sleep(max(0.0, at - loop.time()))
-                generation = int((loop.time() - started) // self.options.key_period_s)
-                key = f"k{generation}-{rng.randrange(self.options.keys_active)}"
-                if rng.random() < self.options.read_fraction:
-                    outcome, hint = await self._get(process, target, key)
-                else:
-                    writes += 1
-                    outcome, hint = await self._put(process, target, key, f"p{process}-{writes}")
-                if hint is not None:
-                    target = hint
-                if outcome is OpType.INFO:
-                    process += self.options.concurrency
-
-        await asyncio.gather(*(worker(index) for index in range(self.options.concurrency)))
+        workers = [_Worker(self, index) for index in range(self.options.concurrency)]
+        await run_paced(workers, self.options.rate, self.options.duration_s)
 
     def _stub(self, target: str) -> raft_pb2_grpc.RaftKeyValueAsyncStub:
         return raft_pb2_grpc.RaftKeyValueStub(self.channels[target])
@@ -108,7 +80,7 @@ class RaftWorkload:
         found = _LEADER_HINT.search(error.details() or "")
         return self.client_address_of.get(found.group(1)) if found else None
 
-    async def _get(self, process: int, target: str, key: str) -> tuple[OpType, str | None]:
+    async def get(self, process: int, target: str, key: str) -> tuple[OpType, str | None]:
         self.recorder.record(OpType.INVOKE, process, "get", self.now_ns(), key=key)
         try:
             reply = await self._stub(target).Get(
@@ -124,7 +96,7 @@ class RaftWorkload:
         self.recorder.record(OpType.OK, process, "get", self.now_ns(), key=key, value=value)
         return OpType.OK, None
 
-    async def _put(
+    async def put(
         self, process: int, target: str, key: str, value: str
     ) -> tuple[OpType, str | None]:
         self.recorder.record(OpType.INVOKE, process, "put", self.now_ns(), key=key, value=value)
@@ -141,6 +113,34 @@ class RaftWorkload:
             return outcome, self._leader_hint(error)
         self.recorder.record(OpType.OK, process, "put", self.now_ns(), key=key)
         return OpType.OK, None
+
+
+class _Worker:
+    """One client: a process id (replaced after an ``info``), the node it talks to (the last
+    leader named to it), and its own random choices."""
+
+    def __init__(self, workload: RaftWorkload, index: int) -> None:
+        options = workload.options
+        self.workload = workload
+        self.rng = random.Random(options.seed * CONCURRENCY_MAX + index)
+        self.process = index
+        self.target = workload.addresses[index % len(workload.addresses)]
+        self.writes = 0
+
+    async def __call__(self, elapsed_s: float) -> None:
+        options = self.workload.options
+        generation = int(elapsed_s // options.key_period_s)
+        key = f"k{generation}-{self.rng.randrange(options.keys_active)}"
+        if self.rng.random() < options.read_fraction:
+            outcome, hint = await self.workload.get(self.process, self.target, key)
+        else:
+            self.writes += 1
+            value = f"p{self.process}-{self.writes}"
+            outcome, hint = await self.workload.put(self.process, self.target, key, value)
+        if hint is not None:
+            self.target = hint
+        if outcome is OpType.INFO:
+            self.process += options.concurrency
 
 
 def _describe(error: grpc.aio.AioRpcError) -> str:
