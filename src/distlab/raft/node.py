@@ -96,8 +96,9 @@ STEP_METHOD = "Step"  # the name fault-injection rules match node-to-node messag
 INBOX_MAX = 65_536
 # Appends in flight to one follower. One: entries proposed while an append is out wait for its
 # answer and go together in the next, which is what batches when the machine's CPU, not the
-# link, is the limit. On this 2-core machine, 3 nodes, 64 clients: 1,763 puts/s with one, 1,273
-# with four, 993 with 64 (``distlab bench raft``). Pipelining pays where the round trip is long
+# link, is the limit. On this 2-core machine, 3 nodes, 64 clients, uvloop (``distlab bench raft``,
+# two runs each): 0.589x and 0.589x the echo with one, 0.550x and 0.556x with four (before uvloop
+# four did worse still: 1,273 puts/s against 1,763). Pipelining pays where the round trip is long
 # compared with handling a batch (a WAN), which is why the core allows more.
 INFLIGHT_APPENDS_DEFAULT = 1
 # Compact after this many applied entries: restart replays at most this many.
