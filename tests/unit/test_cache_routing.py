@@ -136,7 +136,8 @@ def test_adding_a_fifth_node_at_the_end_moves_about_a_fifth(name: str) -> None:
     old = placement(before, MOVEMENT_KEYS)
     report = movement_report(before, after, MOVEMENT_KEYS)
     assert report.ideal_fraction == pytest.approx(0.2)
-    assert 0.15 < report.moved_fraction < 0.25
+    # Chaos matrix row 7: about 1/(n+1) moves, at most 10% above it.
+    assert 0.18 < report.moved_fraction <= report.ideal_fraction * 1.10
     # Every key that moved went to the newcomer.
     new = placement(after, MOVEMENT_KEYS)
     assert {new[key] for key in MOVEMENT_KEYS if new[key] != old[key]} == {"cache-e"}
