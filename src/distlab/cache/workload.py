@@ -48,9 +48,10 @@ class CacheWorkloadOptions:
     duration_s: float
     rate: float = 100.0
     concurrency: int = 10
-    # Few keys, often written: the stale-set race needs a write to land during a slow load,
-    # and its stale value to outlive the grace before the next write to the key clears it.
-    keys: int = 16
+    # The stale-set race needs a write to land during a slow load, and its stale value to
+    # outlive the grace before the next write to the key clears it: 20 writes/s over 32 keys
+    # writes each key about every 1.6 s, the grace, which is when the most races show.
+    keys: int = 32
     write_fraction: float = 0.2
     slow_load_fraction: float = 0.5
     slow_load_ms: int = 600
