@@ -8,8 +8,9 @@ Rows, in order:
 * ``get``: unary gets through ``CacheClient`` (routing included), zipfian keys.
 * ``mixed``: ``get_fraction`` gets and the rest sets, zipfian keys, ``value_bytes`` values; its
   counters give the hit ratio.
-* ``multi-get``: ``CacheClient.multi_get`` of ``batch_keys`` zipfian keys (one MultiGet per node
-  holding some, in parallel); its counters give keys/s.
+* ``multi-get``: ``CacheClient.multi_get`` of ``batch_keys`` zipfian keys (one call per node
+  holding some, in parallel, pipelined: each client keeps one MultiGetStream per node and packs
+  the calls its workers have waiting for a node into one message); its counters give keys/s.
 * ``memcached-get`` and ``memcached-multi-get``: the same loads on a local ``memcached`` through
   pymemcache, one client per worker thread, each reply awaited, when a ``memcached`` binary and
   the pymemcache package are both installed; otherwise the rows are skipped and a note says so.

@@ -9,6 +9,11 @@
   Envoy's outlier detection). A set that falls over gets a short TTL (``FAILOVER_TTL_MS``), the
   Gutter pool's rule in "Scaling Memcache at Facebook" (NSDI 2013, 3.3): when the owner comes
   back, the copy on its stand-in must not outlive the owner's newer values for long.
+* **Pipelined multi-gets.** ``multi_get`` splits its keys by node, as memcached clients do,
+  and sends each part as one call on a stream the client keeps open to that node; the calls
+  waiting for a node at one moment travel as one message (``distlab.cache.pipeline``, after
+  mcrouter's batching over one connection per server). A gRPC message on an open stream costs
+  far less CPU in Python than a unary call.
 * **Deletes** go to the key's owner only, and do not fall over: a delete that only reached a
   stand-in would leave the owner's copy to be served again once the owner is back. A delete
   the owner did not acknowledge raises, and the writer retries it (Facebook's mcsqueal replays
@@ -33,6 +38,7 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
+from distlab.cache.pipeline import MultiGetFailed, MultiGetPipe, PendingGet
 from distlab.cache.routing import (
     ConsistentHashRouter,
     JumpHashRouter,
@@ -115,6 +121,9 @@ class CacheClient:
             address: cache_pb2_grpc.CacheStub(channel)
             for address, channel in self._channels.items()
         }
+        self._pipes = {
+            address: MultiGetPipe(stub, self.deadline_s) for address, stub in self._stubs.items()
+        }
         self._flights: dict[bytes, asyncio.Future[ReadThrough]] = {}
 
     # --- the memcached commands, routed ---
@@ -147,8 +156,8 @@ class CacheClient:
         return bool(reply.existed)
 
     async def multi_get(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
-        """The hits among ``keys``: one MultiGet per node, in parallel. A node that fails
-        counts as all misses."""
+        """The hits among ``keys``: one call per node holding some, in parallel, each on the
+        node's pipelined stream. A node that fails counts as all misses."""
         now_ms = self.clock.monotonic_ms()
         by_node: dict[str, list[bytes]] = {}
         out = {node for node in self.router.nodes if self.health.is_ejected(node, now_ms)}
@@ -160,24 +169,20 @@ class CacheClient:
                     continue
                 owner = nodes[0]
             by_node.setdefault(owner, []).append(key)
-        # Every call is on the wire before the first is awaited: they run in parallel.
-        calls = [
-            (
-                node,
-                self._stubs[node].MultiGet(
-                    cache_pb2.CacheMultiGetRequest(keys=batch), timeout=self.deadline_s
-                ),
-            )
-            for node, batch in by_node.items()
-        ]
+        # Every call is queued before the first is awaited: they run in parallel, under one
+        # deadline.
+        deadline_at = asyncio.get_running_loop().time() + self.deadline_s
+        gets: list[tuple[str, PendingGet]] = []
         found: dict[bytes, bytes] = {}
         try:
-            for node, call in calls:
-                for item in await self._multi_get_reply(node, call):
+            for node, batch in by_node.items():
+                gets.append((node, self._pipes[node].submit(batch, now_ms)))
+            for node, get in gets:
+                for item in await self._multi_get_reply(node, get, deadline_at):
                     found[item.key] = item.value
         except BaseException:
-            for _, call in calls:
-                call.cancel()  # no call left running unawaited
+            for _, get in gets:
+                get.cancel()  # no call left waiting for an answer nobody reads
             raise
         return found
 
@@ -332,18 +337,24 @@ class CacheClient:
         count = min(len(self.router.nodes), FAILOVER_NODES_MAX)
         yield from (node for node in self.router.nodes_for(key, count) if node != owner)
 
-    async def _multi_get_reply(self, node: str, call: Any) -> list[cache_pb2.CacheItem]:
+    async def _multi_get_reply(
+        self, node: str, get: PendingGet, deadline_at: float
+    ) -> Sequence[cache_pb2.CacheItem]:
         try:
-            reply = await call
-        except grpc.aio.AioRpcError as error:
-            if error.code() not in _FAILOVER_CODES:
-                raise error_from_rpc(error) from None
+            items = await get.result(deadline_at)
+        except MultiGetFailed as failed:
+            if failed.shed:
+                return []  # this client has too many calls pending there: misses, not the node's
+            if failed.code not in _FAILOVER_CODES:
+                raise failed.error from None
             self.health.record_failure(node, self.clock.monotonic_ms())
             return []  # a node that fails counts as all misses
         self.health.record_success(node, self.clock.monotonic_ms())
-        return list(reply.items)
+        return items
 
     async def close(self) -> None:
+        for pipe in self._pipes.values():
+            await pipe.close()
         for channel in self._channels.values():
             await channel.close()
 

@@ -121,6 +121,13 @@ class CacheRouterServicer(cache_pb2_grpc.CacheServicer):
             items=[cache_pb2.CacheItem(key=key, value=found[key]) for key in keys if key in found]
         )
 
+    async def MultiGetStream(  # type: ignore[override]  # grpc.aio's reader/writer form
+        self, requests: Any, context: Context
+    ) -> None:
+        """Not served by the router (as the generated base class would answer): its clients
+        send MultiGet, and it pipelines to the nodes itself, through its CacheClient."""
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the router serves MultiGet only")
+
     async def _write(self, key: bytes, method: str, request: Any) -> Any:
         if self._hot(key):
             return await self._to_all_replicas(key, method, request)

@@ -6,6 +6,11 @@ comes back empty, and its keys are misses until refilled, as with memcached.
 
 One background task sweeps expired items, a bounded number per round, so memory held by items
 nobody reads again comes back without a read having to find them (memcached's LRU crawler).
+
+``MultiGetStream`` is the pipelined multi-get (``distlab.cache.pipeline``): a client keeps one
+stream per node and sends batches of calls, each answered by id; the node answers a batch's
+calls in order, with the same checks as ``MultiGet``. At shutdown the node ends those streams
+itself (``close_streams``), because a client keeps its stream open for as long as it runs.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -28,12 +33,18 @@ from distlab.cache.core import (
     TTL_MS_MAX,
     VALUE_BYTES_MAX,
     CacheStore,
+    Item,
     SetMode,
     SetOutcome,
 )
 from distlab.cache.policy import EvictionPolicy, LruPolicy, WTinyLfuPolicy
 from distlab.common.clock import Clock, SystemClock
-from distlab.common.errors import invalid_argument
+from distlab.common.errors import (
+    DEADLINE_EXCEEDED,
+    UNAVAILABLE,
+    DistlabError,
+    invalid_argument,
+)
 from distlab.common.limits import Limits
 from distlab.common.logs import log_event
 from distlab.common.rpc import abort_on_error
@@ -48,6 +59,20 @@ CAPACITY_BYTES_DEFAULT = 64 * 1024 * 1024  # memcached's default -m 64
 # Keys in one multi-get: 100 is the benchmark's batch; beyond a few hundred a caller should
 # split its batch rather than hold one call (and one reply buffer) for all of them.
 MULTI_GET_KEYS_MAX = 1_000
+# Calls in one batch of a MultiGetStream. A client packs the multi-gets waiting at one moment,
+# about one per concurrent caller: 256 covers the benchmark's 64 callers several times over,
+# and bounds the work one batch holds the event loop for (256 calls of up to 1,000 keys).
+MULTI_GET_CALLS_PER_BATCH_MAX = 256
+# A MultiGetStream outlives the server's per-call cap (Limits.deadline_ms_max) by design, so it
+# has a cap of its own: longer than distlab's clients keep a stream (the pipeline rotates its
+# streams after a minute, under a two-minute deadline), short enough that a stream opened with
+# no deadline cannot hold its concurrency slot forever.
+MULTI_GET_STREAM_S_MAX = 600.0
+# What a result's framing adds to its items' keys and values, at most, in a batch reply: the
+# tags and lengths of CacheItem's three fields and of the item itself (22 bytes), and of the
+# result and its id (17 bytes). Upper bounds, so a reply cut by them never exceeds the cap.
+ITEM_FRAMING_BYTES_MAX = 24
+RESULT_FRAMING_BYTES_MAX = 24
 SWEEP_INTERVAL_MS_DEFAULT = 1_000
 # Expired items reclaimed per sweep round: bounded, so a round never stalls the loop long.
 SWEEP_ITEMS_MAX = 10_000
@@ -104,6 +129,10 @@ class CacheServicer(cache_pb2_grpc.CacheServicer):
         self.key_bytes_max = min(limits.key_bytes_max, KEY_BYTES_MAX)
         self.value_bytes_max = min(limits.value_bytes_max, VALUE_BYTES_MAX)
         self.latency = {op: LatencyHistogram() for op in ("get", "multi_get", "set", "delete")}
+        # A batch's results are split over several replies where one would pass gRPC's cap on
+        # the messages this node sends (set from the same limits by common.server).
+        self.reply_bytes_max = limits.message_bytes_max
+        self._closing = asyncio.Event()
 
     def _key(self, key: bytes, field: str = "key") -> bytes:
         if not 0 < len(key) <= self.key_bytes_max:
@@ -137,10 +166,7 @@ class CacheServicer(cache_pb2_grpc.CacheServicer):
         self, request: cache_pb2.CacheMultiGetRequest, context: Context
     ) -> cache_pb2.CacheMultiGetResponse:
         started = time.perf_counter_ns()
-        if len(request.keys) > MULTI_GET_KEYS_MAX:
-            raise invalid_argument("keys", f"at most {MULTI_GET_KEYS_MAX} per call")
-        keys = [self._key(key, "keys") for key in request.keys]
-        items = self.store.multi_get(keys, self.clock.monotonic_ms())
+        items = self._multi_get(request.keys, "keys")
         self._timed("multi_get", started)
         return cache_pb2.CacheMultiGetResponse(
             items=[
@@ -148,6 +174,85 @@ class CacheServicer(cache_pb2_grpc.CacheServicer):
                 for item in items
             ]
         )
+
+    async def close_streams(self) -> None:
+        """End every client's MultiGetStream into this node. A stream lasts as long as its
+        client keeps it, so at shutdown a graceful stop would otherwise wait out its grace."""
+        self._closing.set()
+
+    @abort_on_error
+    async def MultiGetStream(  # type: ignore[override]  # grpc.aio's reader/writer form
+        self, requests: AsyncIterator[cache_pb2.CacheMultiGetBatch], context: Context
+    ) -> None:
+        """A client's stream of multi-get batches, open until the client ends it, its deadline
+        passes or this node stops. The batches are answered in a task of their own, as
+        ``RaftServicer.Step`` reads its stream, because only a handler that returns ends its
+        call: cancelling it leaves the call open until the shutdown grace runs out."""
+        if self._closing.is_set():
+            raise DistlabError(UNAVAILABLE, "this node is stopping")
+        answering = asyncio.create_task(self._answer_stream(requests, context))
+        closing = asyncio.create_task(self._closing.wait())
+        try:
+            await asyncio.wait(
+                {answering, closing},
+                timeout=MULTI_GET_STREAM_S_MAX,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            closing.cancel()
+            answering.cancel()
+        if answering.done() and not answering.cancelled():
+            answering.result()  # raises what a batch was refused for
+            return
+        if self._closing.is_set():
+            raise DistlabError(UNAVAILABLE, "this node is stopping")
+        raise DistlabError(
+            DEADLINE_EXCEEDED, f"a multi-get stream lasts at most {MULTI_GET_STREAM_S_MAX:.0f} s"
+        )
+
+    async def _answer_stream(
+        self, requests: AsyncIterator[cache_pb2.CacheMultiGetBatch], context: Context
+    ) -> None:
+        async for batch in requests:
+            for reply in self._answer_batch(batch):
+                await context.write(reply)
+
+    def _answer_batch(
+        self, batch: cache_pb2.CacheMultiGetBatch
+    ) -> list[cache_pb2.CacheMultiGetBatchReply]:
+        """Every call of ``batch`` answered, in order: one reply, or more where one would be
+        larger than this node may send. A call that breaks a limit refuses the whole batch
+        (and so ends the stream), as a bad key refuses a whole MultiGet."""
+        if len(batch.calls) > MULTI_GET_CALLS_PER_BATCH_MAX:
+            raise invalid_argument("calls", f"at most {MULTI_GET_CALLS_PER_BATCH_MAX} per batch")
+        replies = [cache_pb2.CacheMultiGetBatchReply()]
+        reply_bytes = 0
+        for call in batch.calls:
+            started = time.perf_counter_ns()
+            items = self._multi_get(call.keys, "calls.keys")
+            self._timed("multi_get", started)
+            result_bytes = RESULT_FRAMING_BYTES_MAX + sum(
+                len(item.key) + len(item.value) + ITEM_FRAMING_BYTES_MAX for item in items
+            )
+            if reply_bytes and reply_bytes + result_bytes > self.reply_bytes_max:
+                replies.append(cache_pb2.CacheMultiGetBatchReply())
+                reply_bytes = 0
+            reply_bytes += result_bytes
+            replies[-1].results.add(
+                id=call.id,
+                items=[
+                    cache_pb2.CacheItem(key=item.key, value=item.value, version=item.version)
+                    for item in items
+                ],
+            )
+        return replies
+
+    def _multi_get(self, keys: Sequence[bytes], field: str) -> list[Item]:
+        """The hits among ``keys``, in their order, once every key passed the node's checks."""
+        if len(keys) > MULTI_GET_KEYS_MAX:
+            raise invalid_argument(field, f"at most {MULTI_GET_KEYS_MAX} per call")
+        checked = [self._key(key, field) for key in keys]
+        return self.store.multi_get(checked, self.clock.monotonic_ms())
 
     @abort_on_error
     async def Set(
@@ -257,5 +362,12 @@ async def run_node(config: CacheNodeConfig, stop: asyncio.Event | None = None) -
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
 
-    await run_server(config.server, register, on_stop=on_stop, stop=stop, on_serving=on_serving)
+    await run_server(
+        config.server,
+        register,
+        on_stop=on_stop,
+        before_stop=servicer.close_streams,
+        stop=stop,
+        on_serving=on_serving,
+    )
     await on_stop()

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64istlab/proto/cache.proto\x12\ndistlab.v1\"2\n\x0f\x43\x61\x63heGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x12\n\nwant_lease\x18\x02 \x01(\x08\"\x8a\x01\n\x10\x43\x61\x63heGetResponse\x12\x0b\n\x03hit\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x13\n\x0blease_token\x18\x04 \x01(\x04\x12\x0c\n\x04wait\x18\x05 \x01(\x08\x12\x11\n\thas_stale\x18\x06 \x01(\x08\x12\x13\n\x0bstale_value\x18\x07 \x01(\x0c\"$\n\x14\x43\x61\x63heMultiGetRequest\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\"=\n\x15\x43\x61\x63heMultiGetResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.distlab.v1.CacheItem\"\x8f\x01\n\x0f\x43\x61\x63heSetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\r\x12!\n\x04mode\x18\x04 \x01(\x0e\x32\x13.distlab.v1.SetMode\x12\x18\n\x10\x65xpected_version\x18\x05 \x01(\x04\x12\x13\n\x0blease_token\x18\x06 \x01(\x04\"\\\n\x10\x43\x61\x63heSetResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\'\n\x07outcome\x18\x03 \x01(\x0e\x32\x16.distlab.v1.SetOutcome\"!\n\x12\x43\x61\x63heDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"&\n\x13\x43\x61\x63heDeleteResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"0\n\x11\x43\x61\x63heTouchRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\r\"%\n\x12\x43\x61\x63heTouchResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"\x13\n\x11\x43\x61\x63heStatsRequest\"K\n\x0e\x43\x61\x63heOpLatency\x12\n\n\x02op\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x0e\n\x06p50_ms\x18\x03 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x04 \x01(\x01\"\x96\x02\n\x12\x43\x61\x63heStatsResponse\x12\x0c\n\x04hits\x18\x01 \x01(\x04\x12\x0e\n\x06misses\x18\x02 \x01(\x04\x12\x11\n\tevictions\x18\x03 \x01(\x04\x12\x13\n\x0b\x65xpirations\x18\x04 \x01(\x04\x12\r\n\x05items\x18\x05 \x01(\x04\x12\r\n\x05\x62ytes\x18\x06 \x01(\x04\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x07 \x01(\x04\x12\x16\n\x0eleases_granted\x18\x08 \x01(\x04\x12\x13\n\x0blease_waits\x18\t \x01(\x04\x12\x1a\n\x12stale_sets_refused\x18\n \x01(\x04\x12\x0e\n\x06policy\x18\x0b \x01(\t\x12+\n\x07latency\x18\x0c \x03(\x0b\x32\x1a.distlab.v1.CacheOpLatency\"8\n\tCacheItem\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\x04*S\n\x07SetMode\x12\x18\n\x14SET_MODE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSET_MODE_ADD\x10\x01\x12\x1c\n\x18SET_MODE_COMPARE_AND_SET\x10\x02*\xca\x01\n\nSetOutcome\x12\x1b\n\x17SET_OUTCOME_UNSPECIFIED\x10\x00\x12\x16\n\x12SET_OUTCOME_STORED\x10\x01\x12\x1a\n\x16SET_OUTCOME_NOT_STORED\x10\x02\x12\x16\n\x12SET_OUTCOME_EXISTS\x10\x03\x12\x19\n\x15SET_OUTCOME_NOT_FOUND\x10\x04\x12\x1d\n\x19SET_OUTCOME_LEASE_INVALID\x10\x05\x12\x19\n\x15SET_OUTCOME_TOO_LARGE\x10\x06\x32\xb7\x03\n\x05\x43\x61\x63he\x12@\n\x03Get\x12\x1b.distlab.v1.CacheGetRequest\x1a\x1c.distlab.v1.CacheGetResponse\x12O\n\x08MultiGet\x12 .distlab.v1.CacheMultiGetRequest\x1a!.distlab.v1.CacheMultiGetResponse\x12@\n\x03Set\x12\x1b.distlab.v1.CacheSetRequest\x1a\x1c.distlab.v1.CacheSetResponse\x12I\n\x06\x44\x65lete\x12\x1e.distlab.v1.CacheDeleteRequest\x1a\x1f.distlab.v1.CacheDeleteResponse\x12\x46\n\x05Touch\x12\x1d.distlab.v1.CacheTouchRequest\x1a\x1e.distlab.v1.CacheTouchResponse\x12\x46\n\x05Stats\x12\x1d.distlab.v1.CacheStatsRequest\x1a\x1e.distlab.v1.CacheStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64istlab/proto/cache.proto\x12\ndistlab.v1\"2\n\x0f\x43\x61\x63heGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x12\n\nwant_lease\x18\x02 \x01(\x08\"\x8a\x01\n\x10\x43\x61\x63heGetResponse\x12\x0b\n\x03hit\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x13\n\x0blease_token\x18\x04 \x01(\x04\x12\x0c\n\x04wait\x18\x05 \x01(\x08\x12\x11\n\thas_stale\x18\x06 \x01(\x08\x12\x13\n\x0bstale_value\x18\x07 \x01(\x0c\"$\n\x14\x43\x61\x63heMultiGetRequest\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\"=\n\x15\x43\x61\x63heMultiGetResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.distlab.v1.CacheItem\"B\n\x12\x43\x61\x63heMultiGetBatch\x12,\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x1d.distlab.v1.CacheMultiGetCall\"-\n\x11\x43\x61\x63heMultiGetCall\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04keys\x18\x02 \x03(\x0c\"K\n\x17\x43\x61\x63heMultiGetBatchReply\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.distlab.v1.CacheMultiGetResult\"G\n\x13\x43\x61\x63heMultiGetResult\x12\n\n\x02id\x18\x01 \x01(\x04\x12$\n\x05items\x18\x02 \x03(\x0b\x32\x15.distlab.v1.CacheItem\"\x8f\x01\n\x0f\x43\x61\x63heSetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\r\x12!\n\x04mode\x18\x04 \x01(\x0e\x32\x13.distlab.v1.SetMode\x12\x18\n\x10\x65xpected_version\x18\x05 \x01(\x04\x12\x13\n\x0blease_token\x18\x06 \x01(\x04\"\\\n\x10\x43\x61\x63heSetResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\'\n\x07outcome\x18\x03 \x01(\x0e\x32\x16.distlab.v1.SetOutcome\"!\n\x12\x43\x61\x63heDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"&\n\x13\x43\x61\x63heDeleteResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"0\n\x11\x43\x61\x63heTouchRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\r\"%\n\x12\x43\x61\x63heTouchResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"\x13\n\x11\x43\x61\x63heStatsRequest\"K\n\x0e\x43\x61\x63heOpLatency\x12\n\n\x02op\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x0e\n\x06p50_ms\x18\x03 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x04 \x01(\x01\"\x96\x02\n\x12\x43\x61\x63heStatsResponse\x12\x0c\n\x04hits\x18\x01 \x01(\x04\x12\x0e\n\x06misses\x18\x02 \x01(\x04\x12\x11\n\tevictions\x18\x03 \x01(\x04\x12\x13\n\x0b\x65xpirations\x18\x04 \x01(\x04\x12\r\n\x05items\x18\x05 \x01(\x04\x12\r\n\x05\x62ytes\x18\x06 \x01(\x04\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x07 \x01(\x04\x12\x16\n\x0eleases_granted\x18\x08 \x01(\x04\x12\x13\n\x0blease_waits\x18\t \x01(\x04\x12\x1a\n\x12stale_sets_refused\x18\n \x01(\x04\x12\x0e\n\x06policy\x18\x0b \x01(\t\x12+\n\x07latency\x18\x0c \x03(\x0b\x32\x1a.distlab.v1.CacheOpLatency\"8\n\tCacheItem\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\x04*S\n\x07SetMode\x12\x18\n\x14SET_MODE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSET_MODE_ADD\x10\x01\x12\x1c\n\x18SET_MODE_COMPARE_AND_SET\x10\x02*\xca\x01\n\nSetOutcome\x12\x1b\n\x17SET_OUTCOME_UNSPECIFIED\x10\x00\x12\x16\n\x12SET_OUTCOME_STORED\x10\x01\x12\x1a\n\x16SET_OUTCOME_NOT_STORED\x10\x02\x12\x16\n\x12SET_OUTCOME_EXISTS\x10\x03\x12\x19\n\x15SET_OUTCOME_NOT_FOUND\x10\x04\x12\x1d\n\x19SET_OUTCOME_LEASE_INVALID\x10\x05\x12\x19\n\x15SET_OUTCOME_TOO_LARGE\x10\x06\x32\x92\x04\n\x05\x43\x61\x63he\x12@\n\x03Get\x12\x1b.distlab.v1.CacheGetRequest\x1a\x1c.distlab.v1.CacheGetResponse\x12O\n\x08MultiGet\x12 .distlab.v1.CacheMultiGetRequest\x1a!.distlab.v1.CacheMultiGetResponse\x12Y\n\x0eMultiGetStream\x12\x1e.distlab.v1.CacheMultiGetBatch\x1a#.distlab.v1.CacheMultiGetBatchReply(\x01\x30\x01\x12@\n\x03Set\x12\x1b.distlab.v1.CacheSetRequest\x1a\x1c.distlab.v1.CacheSetResponse\x12I\n\x06\x44\x65lete\x12\x1e.distlab.v1.CacheDeleteRequest\x1a\x1f.distlab.v1.CacheDeleteResponse\x12\x46\n\x05Touch\x12\x1d.distlab.v1.CacheTouchRequest\x1a\x1e.distlab.v1.CacheTouchResponse\x12\x46\n\x05Stats\x12\x1d.distlab.v1.CacheStatsRequest\x1a\x1e.distlab.v1.CacheStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'distlab.proto.cache_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SETMODE']._serialized_start=1176
-  _globals['_SETMODE']._serialized_end=1259
-  _globals['_SETOUTCOME']._serialized_start=1262
-  _globals['_SETOUTCOME']._serialized_end=1464
+  _globals['_SETMODE']._serialized_start=1441
+  _globals['_SETMODE']._serialized_end=1524
+  _globals['_SETOUTCOME']._serialized_start=1527
+  _globals['_SETOUTCOME']._serialized_end=1729
   _globals['_CACHEGETREQUEST']._serialized_start=41
   _globals['_CACHEGETREQUEST']._serialized_end=91
   _globals['_CACHEGETRESPONSE']._serialized_start=94
@@ -43,26 +43,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CACHEMULTIGETREQUEST']._serialized_end=270
   _globals['_CACHEMULTIGETRESPONSE']._serialized_start=272
   _globals['_CACHEMULTIGETRESPONSE']._serialized_end=333
-  _globals['_CACHESETREQUEST']._serialized_start=336
-  _globals['_CACHESETREQUEST']._serialized_end=479
-  _globals['_CACHESETRESPONSE']._serialized_start=481
-  _globals['_CACHESETRESPONSE']._serialized_end=573
-  _globals['_CACHEDELETEREQUEST']._serialized_start=575
-  _globals['_CACHEDELETEREQUEST']._serialized_end=608
-  _globals['_CACHEDELETERESPONSE']._serialized_start=610
-  _globals['_CACHEDELETERESPONSE']._serialized_end=648
-  _globals['_CACHETOUCHREQUEST']._serialized_start=650
-  _globals['_CACHETOUCHREQUEST']._serialized_end=698
-  _globals['_CACHETOUCHRESPONSE']._serialized_start=700
-  _globals['_CACHETOUCHRESPONSE']._serialized_end=737
-  _globals['_CACHESTATSREQUEST']._serialized_start=739
-  _globals['_CACHESTATSREQUEST']._serialized_end=758
-  _globals['_CACHEOPLATENCY']._serialized_start=760
-  _globals['_CACHEOPLATENCY']._serialized_end=835
-  _globals['_CACHESTATSRESPONSE']._serialized_start=838
-  _globals['_CACHESTATSRESPONSE']._serialized_end=1116
-  _globals['_CACHEITEM']._serialized_start=1118
-  _globals['_CACHEITEM']._serialized_end=1174
-  _globals['_CACHE']._serialized_start=1467
-  _globals['_CACHE']._serialized_end=1906
+  _globals['_CACHEMULTIGETBATCH']._serialized_start=335
+  _globals['_CACHEMULTIGETBATCH']._serialized_end=401
+  _globals['_CACHEMULTIGETCALL']._serialized_start=403
+  _globals['_CACHEMULTIGETCALL']._serialized_end=448
+  _globals['_CACHEMULTIGETBATCHREPLY']._serialized_start=450
+  _globals['_CACHEMULTIGETBATCHREPLY']._serialized_end=525
+  _globals['_CACHEMULTIGETRESULT']._serialized_start=527
+  _globals['_CACHEMULTIGETRESULT']._serialized_end=598
+  _globals['_CACHESETREQUEST']._serialized_start=601
+  _globals['_CACHESETREQUEST']._serialized_end=744
+  _globals['_CACHESETRESPONSE']._serialized_start=746
+  _globals['_CACHESETRESPONSE']._serialized_end=838
+  _globals['_CACHEDELETEREQUEST']._serialized_start=840
+  _globals['_CACHEDELETEREQUEST']._serialized_end=873
+  _globals['_CACHEDELETERESPONSE']._serialized_start=875
+  _globals['_CACHEDELETERESPONSE']._serialized_end=913
+  _globals['_CACHETOUCHREQUEST']._serialized_start=915
+  _globals['_CACHETOUCHREQUEST']._serialized_end=963
+  _globals['_CACHETOUCHRESPONSE']._serialized_start=965
+  _globals['_CACHETOUCHRESPONSE']._serialized_end=1002
+  _globals['_CACHESTATSREQUEST']._serialized_start=1004
+  _globals['_CACHESTATSREQUEST']._serialized_end=1023
+  _globals['_CACHEOPLATENCY']._serialized_start=1025
+  _globals['_CACHEOPLATENCY']._serialized_end=1100
+  _globals['_CACHESTATSRESPONSE']._serialized_start=1103
+  _globals['_CACHESTATSRESPONSE']._serialized_end=1381
+  _globals['_CACHEITEM']._serialized_start=1383
+  _globals['_CACHEITEM']._serialized_end=1439
+  _globals['_CACHE']._serialized_start=1732
+  _globals['_CACHE']._serialized_end=2262
 # @@protoc_insertion_point(module_scope)

@@ -185,6 +185,98 @@ class CacheMultiGetResponse(_message.Message):
 Global___CacheMultiGetResponse: _TypeAlias = CacheMultiGetResponse  # noqa: Y015
 
 @_typing.final
+class CacheMultiGetBatch(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___CacheMultiGetCall]: ...
+    def __init__(
+        self,
+        *,
+        calls: _abc.Iterable[Global___CacheMultiGetCall] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheMultiGetBatch: _TypeAlias = CacheMultiGetBatch  # noqa: Y015
+
+@_typing.final
+class CacheMultiGetCall(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """chosen by the client, unique among its calls pending on the stream"""
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        keys: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheMultiGetCall: _TypeAlias = CacheMultiGetCall  # noqa: Y015
+
+@_typing.final
+class CacheMultiGetBatchReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___CacheMultiGetResult]:
+        """in any order; match them by id"""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___CacheMultiGetResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheMultiGetBatchReply: _TypeAlias = CacheMultiGetBatchReply  # noqa: Y015
+
+@_typing.final
+class CacheMultiGetResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """the call's id"""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___CacheItem]:
+        """as CacheMultiGetResponse: hits in request order"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        items: _abc.Iterable[Global___CacheItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheMultiGetResult: _TypeAlias = CacheMultiGetResult  # noqa: Y015
+
+@_typing.final
 class CacheSetRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -44,6 +44,11 @@ class CacheStub:
                 request_serializer=distlab_dot_proto_dot_cache__pb2.CacheMultiGetRequest.SerializeToString,
                 response_deserializer=distlab_dot_proto_dot_cache__pb2.CacheMultiGetResponse.FromString,
                 _registered_method=True)
+        self.MultiGetStream = channel.stream_stream(
+                '/distlab.v1.Cache/MultiGetStream',
+                request_serializer=distlab_dot_proto_dot_cache__pb2.CacheMultiGetBatch.SerializeToString,
+                response_deserializer=distlab_dot_proto_dot_cache__pb2.CacheMultiGetBatchReply.FromString,
+                _registered_method=True)
         self.Set = channel.unary_unary(
                 '/distlab.v1.Cache/Set',
                 request_serializer=distlab_dot_proto_dot_cache__pb2.CacheSetRequest.SerializeToString,
@@ -77,6 +82,14 @@ class CacheServicer:
 
     def MultiGet(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MultiGetStream(self, request_iterator, context):
+        """Pipelined multi-gets (mcrouter's batching): a client keeps one stream per node, packs
+        every multi-get waiting at that moment into one batch, and matches results by id.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -117,6 +130,11 @@ def add_CacheServicer_to_server(servicer, server):
                     servicer.MultiGet,
                     request_deserializer=distlab_dot_proto_dot_cache__pb2.CacheMultiGetRequest.FromString,
                     response_serializer=distlab_dot_proto_dot_cache__pb2.CacheMultiGetResponse.SerializeToString,
+            ),
+            'MultiGetStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.MultiGetStream,
+                    request_deserializer=distlab_dot_proto_dot_cache__pb2.CacheMultiGetBatch.FromString,
+                    response_serializer=distlab_dot_proto_dot_cache__pb2.CacheMultiGetBatchReply.SerializeToString,
             ),
             'Set': grpc.unary_unary_rpc_method_handler(
                     servicer.Set,
@@ -193,6 +211,33 @@ class Cache:
             '/distlab.v1.Cache/MultiGet',
             distlab_dot_proto_dot_cache__pb2.CacheMultiGetRequest.SerializeToString,
             distlab_dot_proto_dot_cache__pb2.CacheMultiGetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MultiGetStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/distlab.v1.Cache/MultiGetStream',
+            distlab_dot_proto_dot_cache__pb2.CacheMultiGetBatch.SerializeToString,
+            distlab_dot_proto_dot_cache__pb2.CacheMultiGetBatchReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -36,6 +36,10 @@ class CacheStub:
     def __new__(cls, channel: _aio.Channel) -> CacheAsyncStub: ...
     Get: _grpc.UnaryUnaryMultiCallable[_cache_pb2.CacheGetRequest, _cache_pb2.CacheGetResponse]
     MultiGet: _grpc.UnaryUnaryMultiCallable[_cache_pb2.CacheMultiGetRequest, _cache_pb2.CacheMultiGetResponse]
+    MultiGetStream: _grpc.StreamStreamMultiCallable[_cache_pb2.CacheMultiGetBatch, _cache_pb2.CacheMultiGetBatchReply]
+    """Pipelined multi-gets (mcrouter's batching): a client keeps one stream per node, packs
+    every multi-get waiting at that moment into one batch, and matches results by id.
+    """
     Set: _grpc.UnaryUnaryMultiCallable[_cache_pb2.CacheSetRequest, _cache_pb2.CacheSetResponse]
     Delete: _grpc.UnaryUnaryMultiCallable[_cache_pb2.CacheDeleteRequest, _cache_pb2.CacheDeleteResponse]
     Touch: _grpc.UnaryUnaryMultiCallable[_cache_pb2.CacheTouchRequest, _cache_pb2.CacheTouchResponse]
@@ -46,6 +50,10 @@ class CacheAsyncStub(CacheStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Get: _aio.UnaryUnaryMultiCallable[_cache_pb2.CacheGetRequest, _cache_pb2.CacheGetResponse]  # type: ignore[assignment]
     MultiGet: _aio.UnaryUnaryMultiCallable[_cache_pb2.CacheMultiGetRequest, _cache_pb2.CacheMultiGetResponse]  # type: ignore[assignment]
+    MultiGetStream: _aio.StreamStreamMultiCallable[_cache_pb2.CacheMultiGetBatch, _cache_pb2.CacheMultiGetBatchReply]  # type: ignore[assignment]
+    """Pipelined multi-gets (mcrouter's batching): a client keeps one stream per node, packs
+    every multi-get waiting at that moment into one batch, and matches results by id.
+    """
     Set: _aio.UnaryUnaryMultiCallable[_cache_pb2.CacheSetRequest, _cache_pb2.CacheSetResponse]  # type: ignore[assignment]
     Delete: _aio.UnaryUnaryMultiCallable[_cache_pb2.CacheDeleteRequest, _cache_pb2.CacheDeleteResponse]  # type: ignore[assignment]
     Touch: _aio.UnaryUnaryMultiCallable[_cache_pb2.CacheTouchRequest, _cache_pb2.CacheTouchResponse]  # type: ignore[assignment]
@@ -65,6 +73,16 @@ class CacheServicer(metaclass=_abc_1.ABCMeta):
         request: _cache_pb2.CacheMultiGetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cache_pb2.CacheMultiGetResponse, _abc.Awaitable[_cache_pb2.CacheMultiGetResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def MultiGetStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_cache_pb2.CacheMultiGetBatch],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_cache_pb2.CacheMultiGetBatchReply], _abc.AsyncIterator[_cache_pb2.CacheMultiGetBatchReply]]:
+        """Pipelined multi-gets (mcrouter's batching): a client keeps one stream per node, packs
+        every multi-get waiting at that moment into one batch, and matches results by id.
+        """
 
     @_abc_1.abstractmethod
     def Set(
