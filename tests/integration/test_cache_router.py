@@ -70,6 +70,17 @@ def test_one_endpoint_routes_like_the_client(
             cache_pb2.CacheMultiGetRequest(keys=[b"k3", b"absent", b"k1", b"k2"]), timeout=5
         )
         assert [item.key for item in many.items] == [b"k3", b"k1", b"k2"]  # request order
+        # Each item keeps its node's version token, so a compare-and-set can follow.
+        k3 = many.items[0]
+        assert k3.version > 0
+        cas = cache_pb2.CacheSetRequest(
+            key=b"k3",
+            value=b"new",
+            mode=cache_pb2.SET_MODE_COMPARE_AND_SET,
+            expected_version=k3.version,
+        )
+        assert cache.Set(cas, timeout=5).stored
+        assert not cache.Set(cas, timeout=5).stored  # the version moved on
         assert cache.Delete(cache_pb2.CacheDeleteRequest(key=b"k7"), timeout=5).existed
         stats = cache.Stats(cache_pb2.CacheStatsRequest(), timeout=5)
         assert stats.items == 29  # the nodes' counts added up

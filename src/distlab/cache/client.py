@@ -158,6 +158,10 @@ class CacheClient:
     async def multi_get(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
         """The hits among ``keys``: one call per node holding some, in parallel, each on the
         node's pipelined stream. A node that fails counts as all misses."""
+        return {key: item.value for key, item in (await self.multi_get_items(keys)).items()}
+
+    async def multi_get_items(self, keys: Sequence[bytes]) -> dict[bytes, cache_pb2.CacheItem]:
+        """``multi_get`` with each hit's item as its node sent it (value and version token)."""
         now_ms = self.clock.monotonic_ms()
         by_node: dict[str, list[bytes]] = {}
         out = {node for node in self.router.nodes if self.health.is_ejected(node, now_ms)}
@@ -173,13 +177,13 @@ class CacheClient:
         # deadline.
         deadline_at = asyncio.get_running_loop().time() + self.deadline_s
         gets: list[tuple[str, PendingGet]] = []
-        found: dict[bytes, bytes] = {}
+        found: dict[bytes, cache_pb2.CacheItem] = {}
         try:
             for node, batch in by_node.items():
                 gets.append((node, self._pipes[node].submit(batch, now_ms)))
             for node, get in gets:
                 for item in await self._multi_get_reply(node, get, deadline_at):
-                    found[item.key] = item.value
+                    found[item.key] = item
         except BaseException:
             for _, get in gets:
                 get.cancel()  # no call left waiting for an answer nobody reads

@@ -11,8 +11,7 @@ nodes (the first of the key's order): sets, deletes and touches go to all of the
 goes to one at random, which spreads the reads. Leased gets of a hot key go to its first
 replica only, so one lease guards its refill; the refill's set then goes to all of them.
 
-What it leaves out: the versions of a routed multi-get's items (0: compare-and-set through the
-router needs a get first); mcrouter's other routes (prefix routing to several pools, shadowing,
+What it leaves out: mcrouter's other routes (prefix routing to several pools, shadowing,
 warm-up), and consistency among the replicas of a hot key beyond "every write goes to all": a
 replica that missed a write (it was out) serves its older value until the TTL ends it.
 """
@@ -116,10 +115,8 @@ class CacheRouterServicer(cache_pb2_grpc.CacheServicer):
         if len(request.keys) > MULTI_GET_KEYS_MAX:
             raise invalid_argument("keys", f"at most {MULTI_GET_KEYS_MAX} per call")
         keys = [self._key(key) for key in request.keys]
-        found = await self.client.multi_get(keys)
-        return cache_pb2.CacheMultiGetResponse(
-            items=[cache_pb2.CacheItem(key=key, value=found[key]) for key in keys if key in found]
-        )
+        found = await self.client.multi_get_items(keys)
+        return cache_pb2.CacheMultiGetResponse(items=[found[key] for key in keys if key in found])
 
     async def MultiGetStream(  # type: ignore[override]  # grpc.aio's reader/writer form
         self, requests: Any, context: Context
