@@ -18,6 +18,7 @@ from distlab.common import errors
 from distlab.common.errors import DistlabError
 from distlab.common.processes import NodeProcess
 from distlab.proto import cache_pb2, cache_pb2_grpc
+from tests.integration.cache_nodes import cache_cluster
 
 DEADLINE_S = 20.0
 pytestmark = pytest.mark.asyncio
@@ -25,25 +26,7 @@ pytestmark = pytest.mark.asyncio
 
 @pytest.fixture
 def nodes(tmp_path: Path) -> Iterator[list[NodeProcess]]:
-    cluster = [
-        NodeProcess(
-            name=f"cache{index + 1}",
-            data_dir=tmp_path / f"cache{index + 1}",
-            log_path=tmp_path / f"cache{index + 1}.log",
-            arguments=["--capacity-mb", "4", "--lease-ms", "1000"],
-            command=("cache", "node"),
-        )
-        for index in range(3)
-    ]
-    try:
-        for node in cluster:
-            node.start(wait=False)
-        for node in cluster:
-            node.wait_serving()
-        yield cluster
-    finally:
-        for node in cluster:
-            node.kill()
+    yield from cache_cluster(tmp_path, 3, "--capacity-mb", "4", "--lease-ms", "1000")
 
 
 def keys(count: int) -> list[bytes]:

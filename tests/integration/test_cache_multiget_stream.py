@@ -21,34 +21,17 @@ from distlab.cache.service import MULTI_GET_CALLS_PER_BATCH_MAX
 from distlab.common.processes import NodeProcess
 from distlab.common.server import SHUTDOWN_GRACE_S_DEFAULT
 from distlab.proto import cache_pb2, cache_pb2_grpc
+from tests.integration.cache_nodes import cache_cluster, cache_node
 
 DEADLINE_S = 20.0
+NODE_ARGUMENTS = ("--capacity-mb", "16")
 SEED = 20_240_607
 pytestmark = pytest.mark.asyncio
 
 
-def cache_node(tmp_path: Path, name: str) -> NodeProcess:
-    return NodeProcess(
-        name=name,
-        data_dir=tmp_path / name,
-        log_path=tmp_path / f"{name}.log",
-        arguments=["--capacity-mb", "16"],
-        command=("cache", "node"),
-    )
-
-
 @pytest.fixture
 def nodes(tmp_path: Path) -> Iterator[list[NodeProcess]]:
-    cluster = [cache_node(tmp_path, f"cache{index + 1}") for index in range(3)]
-    try:
-        for node in cluster:
-            node.start(wait=False)
-        for node in cluster:
-            node.wait_serving()
-        yield cluster
-    finally:
-        for node in cluster:
-            node.kill()
+    yield from cache_cluster(tmp_path, 3, *NODE_ARGUMENTS)
 
 
 def keys(count: int) -> list[bytes]:
@@ -175,7 +158,7 @@ async def test_a_node_with_open_streams_stops_without_waiting_out_its_grace(
 ) -> None:
     """A client keeps its stream into a node for as long as it runs; a graceful stop must end
     it rather than wait the whole shutdown grace for it."""
-    node = cache_node(tmp_path, "cache1")
+    node = cache_node(tmp_path, "cache1", *NODE_ARGUMENTS)
     node.start()
     try:
         async with CacheClient([node.address]) as client:

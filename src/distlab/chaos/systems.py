@@ -154,13 +154,7 @@ class KvSystem:
     def workload_options(self, config: SystemConfig, duration_s: float, seed: int) -> Any:
         from distlab.kvstore.workload import KvWorkloadOptions
 
-        return KvWorkloadOptions(
-            duration_s=duration_s,
-            rate=config.rate,
-            concurrency=config.concurrency,
-            seed=seed,
-            **config.extra.get("workload", {}),
-        )
+        return _workload_options(KvWorkloadOptions, config, duration_s, seed)
 
     async def settle(self, cluster: ChaosCluster) -> dict[str, Any]:
         """Wait until every node serves and sees every other alive (its Ring view), so that
@@ -227,6 +221,20 @@ class KvSystem:
         )
 
 
+def _workload_options(
+    options_class: Callable[..., Any], config: SystemConfig, duration_s: float, seed: int
+) -> Any:
+    """A workload's options: the run's rate, concurrency, duration and seed, and whatever the
+    run set in ``extra["workload"]`` (``--workload-option``)."""
+    return options_class(
+        duration_s=duration_s,
+        rate=config.rate,
+        concurrency=config.concurrency,
+        seed=seed,
+        **config.extra.get("workload", {}),
+    )
+
+
 def _flag_value(arguments: Sequence[str], flag: str) -> int | None:
     """The integer after ``flag`` (or in ``flag=N``) among node arguments, if given."""
     for index, argument in enumerate(arguments):
@@ -286,13 +294,7 @@ class RaftSystem:
     def workload_options(self, config: SystemConfig, duration_s: float, seed: int) -> Any:
         from distlab.raft.workload import RaftWorkloadOptions
 
-        return RaftWorkloadOptions(
-            duration_s=duration_s,
-            rate=config.rate,
-            concurrency=config.concurrency,
-            seed=seed,
-            **config.extra.get("workload", {}),
-        )
+        return _workload_options(RaftWorkloadOptions, config, duration_s, seed)
 
     async def settle(self, cluster: ChaosCluster) -> dict[str, Any]:
         """Wait until every node names the same leader."""
@@ -357,13 +359,7 @@ class CacheSystem:
     def workload_options(self, config: SystemConfig, duration_s: float = 1.0, seed: int = 0) -> Any:
         from distlab.cache.workload import CacheWorkloadOptions
 
-        return CacheWorkloadOptions(
-            duration_s=duration_s,
-            rate=config.rate,
-            concurrency=config.concurrency,
-            seed=seed,
-            **config.extra.get("workload", {}),
-        )
+        return _workload_options(CacheWorkloadOptions, config, duration_s, seed)
 
     def node_arguments(self, config: SystemConfig, seed: int, index: int) -> list[str]:
         options = self.workload_options(config)
