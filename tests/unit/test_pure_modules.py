@@ -43,6 +43,7 @@ DECLARED_PURE = (
     "distlab.raft.register",
     "distlab.cache.policy",
     "distlab.cache.traces",
+    "distlab.cache.checker",
 )
 FORBIDDEN_IMPORTS = frozenset(
     {"asyncio", "grpc", "socket", "os", "io", "time", "threading", "subprocess", "selectors"}
