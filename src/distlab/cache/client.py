@@ -357,8 +357,8 @@ class CacheClient:
         return items
 
     async def close(self) -> None:
-        for pipe in self._pipes.values():
-            await pipe.close()
+        # Together: each pipe may wait up to its grace for a node that is slow to end a stream.
+        await asyncio.gather(*(pipe.close() for pipe in self._pipes.values()))
         for channel in self._channels.values():
             await channel.close()
 
