@@ -328,7 +328,7 @@ def _add_up_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
 def _run_up(args: argparse.Namespace) -> int:
     import signal
 
-    from distlab.common.processes import NodeProcess, NodeStartError
+    from distlab.common.processes import NodeProcess, NodeStartError, start_all
 
     extra = [argument for argument in args.node_arguments if argument != "--"]
     if args.base_port + args.nodes - 1 > 65535:
@@ -368,10 +368,7 @@ def _run_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
-        for node in nodes:
-            node.start(wait=False)
-        for node in nodes:
-            node.wait_serving()
+        start_all(nodes)
         print(f"{len(nodes)} nodes serving (logs and data under {args.data_dir}/):")
         for node in nodes:
             print(f"  {node.name}  {node.address}  pid {node.pid}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from distlab.common.processes import NodeProcess
+from distlab.common.processes import NodeProcess, start_all
 
 
 def cache_node(tmp_path: Path, name: str, *arguments: str) -> NodeProcess:
@@ -23,10 +23,7 @@ def cache_cluster(tmp_path: Path, count: int, *arguments: str) -> Iterator[list[
     """``count`` cache nodes, started together, yielded serving, and killed afterwards."""
     cluster = [cache_node(tmp_path, f"cache{index + 1}", *arguments) for index in range(count)]
     try:
-        for node in cluster:
-            node.start(wait=False)
-        for node in cluster:
-            node.wait_serving()
+        start_all(cluster)
         yield cluster
     finally:
         for node in cluster:

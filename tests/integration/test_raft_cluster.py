@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from distlab.chaos.cluster import reserve_ports
-from distlab.common.processes import NodeProcess
+from distlab.common.processes import NodeProcess, start_all
 from distlab.common.server import SHUTDOWN_GRACE_S_DEFAULT
 from distlab.proto import raft_pb2, raft_pb2_grpc
 
@@ -38,10 +38,7 @@ def start_cluster(tmp_path: Path, *arguments: str) -> Iterator[list[NodeProcess]
         for index, port in enumerate(ports)
     ]
     try:
-        for node in nodes:
-            node.start(wait=False)
-        for node in nodes:
-            node.wait_serving()
+        start_all(nodes)
         yield nodes
     finally:
         for node in nodes:
@@ -62,10 +59,7 @@ def compacting_cluster(tmp_path: Path) -> Iterator[list[NodeProcess]]:
 def restart_all(nodes: list[NodeProcess]) -> None:
     for node in nodes:
         node.kill()
-    for node in nodes:
-        node.start(wait=False)
-    for node in nodes:
-        node.wait_serving()
+    start_all(nodes)
 
 
 def call(nodes: list[NodeProcess], method: str, request: object) -> object:

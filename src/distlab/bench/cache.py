@@ -49,7 +49,7 @@ from distlab.bench.runner import (
 )
 from distlab.cache.traces import zipf_trace
 from distlab.common import eventloop
-from distlab.common.processes import NodeProcess
+from distlab.common.processes import NodeProcess, start_all
 
 BENCHMARK_NAME = "cache"
 GET_NAME, MIXED_NAME, MULTI_GET_NAME = "get", "mixed", "multi-get"
@@ -129,10 +129,7 @@ def run_cache_benchmarks(
             for index in range(settings.nodes)
         ]
         try:
-            for node in nodes:
-                node.start(wait=False)
-            for node in nodes:
-                node.wait_serving()
+            start_all(nodes)
             results = eventloop.run(_rows(settings, [node.address for node in nodes], progress))
         finally:
             for node in nodes:

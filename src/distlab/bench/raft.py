@@ -33,7 +33,7 @@ from typing import TextIO
 from distlab.bench.kv import ECHO_NAME, EchoReference
 from distlab.bench.runner import BenchResult, BenchSpec, Operation, Row, run_interleaved
 from distlab.common import eventloop
-from distlab.common.processes import NodeProcess
+from distlab.common.processes import NodeProcess, start_all
 from distlab.common.wal_file import FsyncPolicy
 
 BENCHMARK_NAME = "raft"
@@ -109,10 +109,7 @@ def run_raft_benchmarks(settings: RaftBenchSettings, progress: TextIO | None) ->
             for index, port in enumerate(ports)
         ]
         try:
-            for node in nodes:
-                node.start(wait=False)
-            for node in nodes:
-                node.wait_serving()
+            start_all(nodes)
             return eventloop.run(_rows(settings, nodes, progress))
         finally:
             for node in nodes:

@@ -31,7 +31,7 @@ import grpc.aio
 
 from distlab.chaos.nemesis import CLIENT_NAME
 from distlab.chaos.netproxy import LinkCondition, ProxyNetwork
-from distlab.common.processes import NodeProcess
+from distlab.common.processes import NodeProcess, start_all
 from distlab.common.wal_file import cut_to_durable
 from distlab.proto import chaos_pb2, chaos_pb2_grpc
 
@@ -99,10 +99,7 @@ class ChaosCluster:
         # proxy a port a node is about to listen on.
         with held_ports(len(self.names)) as ports:
             self._prepare(ports)
-        for node in self.nodes.values():
-            node.start(wait=False)
-        for node in self.nodes.values():
-            node.wait_serving()
+        start_all(self.nodes.values())
 
     def _prepare(self, ports: list[int]) -> None:
         real = {name: f"{HOST}:{port}" for name, port in zip(self.names, ports, strict=True)}

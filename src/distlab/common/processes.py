@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,3 +124,12 @@ class NodeProcess:
         if self.running():
             assert self.process is not None
             os.kill(self.process.pid, signal.SIGCONT)
+
+
+def start_all(nodes: Iterable[NodeProcess], deadline_s: float = START_DEADLINE_S) -> None:
+    """Start every node, then wait until each serves: they boot side by side, not in turn."""
+    started = list(nodes)
+    for node in started:
+        node.start(wait=False)
+    for node in started:
+        node.wait_serving(deadline_s)
