@@ -44,7 +44,7 @@ from distlab.bench.runner import (
     BenchResult,
     BenchSpec,
     Operation,
-    latency_ms,
+    result_of,
     run_benchmark,
 )
 from distlab.cache.traces import zipf_trace
@@ -378,16 +378,10 @@ def run_threaded(
         thread.start()
     for thread in threads:
         thread.join()
-    return BenchResult(
-        name=spec.name,
-        parameters=dict(spec.parameters),
-        concurrency=spec.concurrency,
-        duration_s=spec.duration_s,
-        warmup_s=spec.warmup_s,
-        operations=histogram.count,
-        errors={"Exception": errors[0]} if errors[0] else {},
-        operations_per_s=histogram.count / spec.duration_s,
-        latency_ms=latency_ms(histogram),
+    return result_of(
+        spec,
+        histogram,
+        {"Exception": errors[0]} if errors[0] else {},
         counters={"keys_per_s": round(keys[0] / spec.duration_s)},
     )
 

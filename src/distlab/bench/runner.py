@@ -479,17 +479,34 @@ async def _run_window(
 
 
 def _result(spec: BenchSpec, recorder: _Recorder, cancelled: int) -> BenchResult:
+    return result_of(
+        spec, recorder.histogram, dict(recorder.errors), notes=_notes(recorder, cancelled)
+    )
+
+
+def result_of(
+    spec: BenchSpec,
+    histogram: LatencyHistogram,
+    errors: Mapping[str, int],
+    *,
+    counters: Mapping[str, int | float] | None = None,
+    notes: tuple[str, ...] = (),
+) -> BenchResult:
+    """The result of a run of ``spec`` that recorded ``histogram`` over its whole window and
+    failed ``errors`` times by type. Runners outside this module (``bench.cache``'s threads)
+    build theirs with it too."""
     return BenchResult(
         name=spec.name,
         parameters=dict(spec.parameters),
         concurrency=spec.concurrency,
         duration_s=spec.duration_s,
         warmup_s=spec.warmup_s,
-        operations=recorder.histogram.count,
-        errors=dict(recorder.errors),
-        operations_per_s=recorder.histogram.count / spec.duration_s,
-        latency_ms=latency_ms(recorder.histogram),
-        notes=_notes(recorder, cancelled),
+        operations=histogram.count,
+        errors=dict(errors),
+        operations_per_s=histogram.count / spec.duration_s,
+        latency_ms=latency_ms(histogram),
+        counters=dict(counters or {}),
+        notes=notes,
     )
 
 
