@@ -16,8 +16,8 @@ import grpc.aio
 import pytest
 
 from distlab.cache.client import CacheClient
+from distlab.cache.core import MULTI_GET_CALLS_PER_BATCH_MAX
 from distlab.cache.routing import NodeHealth
-from distlab.cache.service import MULTI_GET_CALLS_PER_BATCH_MAX
 from distlab.common.processes import NodeProcess
 from distlab.common.server import SHUTDOWN_GRACE_S_DEFAULT
 from distlab.proto import cache_pb2, cache_pb2_grpc

@@ -16,8 +16,8 @@ import grpc.aio
 import pytest
 
 from distlab.cache import pipeline
+from distlab.cache.core import MULTI_GET_CALLS_PER_BATCH_MAX
 from distlab.cache.pipeline import MultiGetFailed, MultiGetPipe, PendingGet
-from distlab.cache.service import MULTI_GET_CALLS_PER_BATCH_MAX
 from distlab.common import errors
 from distlab.common.errors import DistlabError
 from distlab.proto import cache_pb2

@@ -50,6 +50,15 @@ ITEM_OVERHEAD_BYTES = 48
 # memcached's limits: keys up to 250 bytes; values up to 1 MiB (its default item size).
 KEY_BYTES_MAX = 250
 VALUE_BYTES_MAX = 1024 * 1024
+# The protocol's limits on multi-gets, shared by nodes, clients and the router (here, so a
+# client need not import the node's server to know them).
+# Keys in one multi-get: 100 is the benchmark's batch; beyond a few hundred a caller should
+# split its batch rather than hold one call (and one reply buffer) for all of them.
+MULTI_GET_KEYS_MAX = 1_000
+# Calls in one batch of a MultiGetStream. A client packs the multi-gets waiting at one moment,
+# about one per concurrent caller: 256 covers the benchmark's 64 callers several times over,
+# and bounds the work one batch holds the event loop for (256 calls of up to 1,000 keys).
+MULTI_GET_CALLS_PER_BATCH_MAX = 256
 # memcached treats a TTL above 30 days as an absolute time; here it is simply the longest TTL.
 TTL_MS_MAX = 30 * 24 * 3600 * 1000
 # How long a lease is exclusive: the paper's memcache hands out a token per key at most once

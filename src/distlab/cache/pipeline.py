@@ -47,8 +47,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from distlab.cache.core import KEY_BYTES_MAX
-from distlab.cache.service import MULTI_GET_CALLS_PER_BATCH_MAX, MULTI_GET_KEYS_MAX
+from distlab.cache.core import KEY_BYTES_MAX, MULTI_GET_CALLS_PER_BATCH_MAX, MULTI_GET_KEYS_MAX
 from distlab.common import errors
 from distlab.common.errors import DistlabError, invalid_argument
 from distlab.common.rpc import error_from_rpc

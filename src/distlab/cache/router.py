@@ -27,7 +27,7 @@ from typing import Any
 import grpc.aio
 
 from distlab.cache.client import CacheClient
-from distlab.cache.service import MULTI_GET_KEYS_MAX
+from distlab.cache.core import MULTI_GET_KEYS_MAX
 from distlab.common.errors import DistlabError, invalid_argument
 from distlab.common.limits import Limits
 from distlab.common.rpc import abort_on_error

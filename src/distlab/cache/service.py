@@ -29,6 +29,8 @@ from distlab.bench.histogram import LatencyHistogram
 from distlab.cache.core import (
     KEY_BYTES_MAX,
     LEASE_MS_DEFAULT,
+    MULTI_GET_CALLS_PER_BATCH_MAX,
+    MULTI_GET_KEYS_MAX,
     STALE_MS_DEFAULT,
     TTL_MS_MAX,
     VALUE_BYTES_MAX,
@@ -56,13 +58,6 @@ Context = grpc.aio.ServicerContext[Any, Any]
 ResultT = TypeVar("ResultT")
 
 CAPACITY_BYTES_DEFAULT = 64 * 1024 * 1024  # memcached's default -m 64
-# Keys in one multi-get: 100 is the benchmark's batch; beyond a few hundred a caller should
-# split its batch rather than hold one call (and one reply buffer) for all of them.
-MULTI_GET_KEYS_MAX = 1_000
-# Calls in one batch of a MultiGetStream. A client packs the multi-gets waiting at one moment,
-# about one per concurrent caller: 256 covers the benchmark's 64 callers several times over,
-# and bounds the work one batch holds the event loop for (256 calls of up to 1,000 keys).
-MULTI_GET_CALLS_PER_BATCH_MAX = 256
 # A MultiGetStream outlives the server's per-call cap (Limits.deadline_ms_max) by design, so it
 # has a cap of its own: longer than distlab's clients keep a stream (the pipeline rotates its
 # streams after a minute, under a two-minute deadline), short enough that a stream opened with
