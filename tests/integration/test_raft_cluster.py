@@ -50,10 +50,24 @@ def cluster(tmp_path: Path) -> Iterator[list[NodeProcess]]:
     yield from start_cluster(tmp_path)
 
 
-@pytest.fixture
-def compacting_cluster(tmp_path: Path) -> Iterator[list[NodeProcess]]:
+# The leader waits for its own disk, or leaves its writes to the storage writer (the writer's
+# queue then also orders the compactions after them).
+WRITE_MODES = {"synchronous": (), "asynchronous": ("--async-writes",)}
+
+
+@pytest.fixture(params=sorted(WRITE_MODES))
+def cluster_of_either_write_mode(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[list[NodeProcess]]:
+    yield from start_cluster(tmp_path, *WRITE_MODES[request.param])
+
+
+@pytest.fixture(params=sorted(WRITE_MODES))
+def compacting_cluster(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[list[NodeProcess]]:
     """Compacts every 4 applied entries, so a restart recovers from a snapshot."""
-    yield from start_cluster(tmp_path, "--snapshot-entries", "4")
+    yield from start_cluster(tmp_path, "--snapshot-entries", "4", *WRITE_MODES[request.param])
 
 
 def restart_all(nodes: list[NodeProcess]) -> None:
@@ -116,8 +130,9 @@ def get(nodes: list[NodeProcess], key: str) -> str | None:
 
 
 def test_writes_survive_the_leaders_death_and_a_restart_of_everyone(
-    cluster: list[NodeProcess],
+    cluster_of_either_write_mode: list[NodeProcess],
 ) -> None:
+    cluster = cluster_of_either_write_mode
     first = leader_of(cluster)
     followers = [node for node in cluster if node is not first]
     # Asked first, a follower answers with the leader's address, and the call follows it.

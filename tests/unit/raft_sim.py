@@ -16,6 +16,12 @@ The fault model
 * **Disks.** A node's Ready is processed by the recipe of ``distlab.raft.core`` (persist, send,
   apply, advance), but a disk may stall for a few ticks; meanwhile the node keeps stepping
   messages and ticking, and its effects queue up unpersisted and unsent.
+* **Asynchronous writes.** Half of the seeds write as ``distlab.raft.node`` does: a leader's
+  Ready (``send_before_persist``) goes to a FIFO disk queue and is ``accept``-ed at once; each
+  write becomes durable one to three ticks later, and its ``persisted`` report reaches the core
+  then or a tick after, so reports arrive late, out of order, or after the node stopped
+  leading. Any other Ready first waits for the whole queue. A crash keeps a random prefix of the
+  queue (what the disk got to) and loses the rest.
 * **Crashes.** A node crashes between steps (losing whatever it had not yet handed over in a
   Ready) or in the middle of a Ready (after persisting, having sent only some of the messages and
   applied nothing); half of its messages still in flight are lost with it. Leaders are crashed
@@ -59,6 +65,7 @@ import functools
 import hashlib
 import heapq
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -235,6 +242,10 @@ class _Node:
     applied_chain: int = 0
     disk_free_at: int = 0  # the disk stalls until this tick
     leader_terms_checked: set[int] = field(default_factory=set)
+    # Asynchronous writes: (due tick, Ready) in the order handed over, and the ``persisted``
+    # reports on their way to the core: (due tick, order, index, term).
+    writes: deque[tuple[int, Ready]] = field(default_factory=deque)
+    reports: list[tuple[int, int, int, int]] = field(default_factory=list)
 
 
 class Simulation:
@@ -245,6 +256,7 @@ class Simulation:
         fault_ticks: int = FAULT_TICKS_DEFAULT,
         node_count: int | None = None,
         churn: bool | None = None,
+        async_writes: bool | None = None,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -261,6 +273,11 @@ class Simulation:
         check_quorum = rng.random() < 0.8
         max_entries = rng.choice((1, 1, 2, 3, 64))
         max_inflight = rng.choice((1, 2, 4, 16))
+        drawn_async_writes = rng.random() < 0.5
+        # How late an asynchronous write may become durable: sometimes longer than a round trip
+        # to a follower and back, as a busy disk's fsync is compared with a LAN's round trip.
+        self.write_ticks_max = rng.choice((2, 4, 8))
+        self.async_writes = async_writes if async_writes is not None else drawn_async_writes
         if self.churn:
             # One entry per append, one append in flight, and cut-off leaders that keep taking
             # proposals: a new leader copies an old tail entry by entry (Figure 8 (c)).
@@ -332,6 +349,8 @@ class Simulation:
         self._faults_now = faults
         self._nemesis(faults)
         self._deliver_due(faults)
+        for node in self._shuffled_up_nodes():
+            self._run_disk(node, faults)
         for node in self._shuffled_up_nodes():
             self._step(node, "tick", node_core(node).tick, faults)
         for node in self._shuffled_up_nodes():
@@ -417,6 +436,11 @@ class Simulation:
 
     def _crash(self, node: _Node) -> None:
         node.core = None
+        # The disk got through some of its queue before the power went.
+        for _ in range(self.rng.randint(0, len(node.writes))):
+            self._persist(node, node.writes.popleft()[1])
+        node.writes.clear()
+        node.reports.clear()
         # A machine that dies takes with it what its network card had not sent yet: each of its
         # messages still in flight is lost with even odds (labrpc drops all of a dead server's).
         self._in_flight = [
@@ -435,6 +459,7 @@ class Simulation:
             node.disk_free_at = self.now + self.rng.randint(1, 3)
             return
         ready = core.ready()
+        handed_over = False
         if ready.send_before_persist:
             # A leader's messages go out first (thesis 10.2.1); it may die before writing.
             for message in ready.messages:
@@ -442,8 +467,13 @@ class Simulation:
             if self.rng.random() < faults.crash_in_ready_probability:
                 self._crash(node)  # sent, nothing persisted
                 return
-            self._persist(node, ready)
+            if self.async_writes:
+                node.writes.append((self.now + self.rng.randint(0, self.write_ticks_max), ready))
+                handed_over = True
+            else:
+                self._persist(node, ready)
         else:
+            self._flush_writes(node)  # its messages promise everything handed over before
             self._persist(node, ready)
             if self.rng.random() < faults.crash_in_ready_probability:
                 # Persisted, some messages out, nothing applied, no advance.
@@ -465,7 +495,39 @@ class Simulation:
                     f"{node.node_id} served read {read_state.request_id} at index "
                     f"{read_state.index}, but {floor} was committed when it was asked"
                 )
-        core.advance(ready)
+        if handed_over:
+            core.accept(ready)
+        else:
+            core.advance(ready)
+
+    def _run_disk(self, node: _Node, faults: FaultMix) -> None:
+        """Finish the writes that are due, in order, then deliver the reports that are due."""
+        while node.writes and node.writes[0][0] <= self.now:
+            self._complete_write(node, node.writes.popleft()[1])
+        due = sorted(report for report in node.reports if report[0] <= self.now)
+        node.reports = [report for report in node.reports if report[0] > self.now]
+        for _, _, index, term in due:
+            core = node.core
+            if core is None:
+                return  # crashed in the Ready of an earlier report
+            self._step(
+                node,
+                f"persisted {index}@{term}",
+                functools.partial(core.persisted, index, term),
+                faults,
+            )
+
+    def _flush_writes(self, node: _Node) -> None:
+        while node.writes:
+            self._complete_write(node, node.writes.popleft()[1])
+
+    def _complete_write(self, node: _Node, ready: Ready) -> None:
+        self._persist(node, ready)
+        if ready.entries:
+            last = ready.entries[-1]
+            # The random second key reorders reports due in the same tick.
+            due = self.now + self.rng.randint(0, 1)
+            node.reports.append((due, self.rng.getrandbits(32), last.index, last.term))
 
     def _persist(self, node: _Node, ready: Ready) -> None:
         storage = node.storage
@@ -725,6 +787,7 @@ class Simulation:
         core = node.core
         if core is None or node.disk_free_at > self.now or core.has_ready():
             return  # compact only with the disk caught up, as an application would
+        self._flush_writes(node)  # the storage writer compacts after the writes before it
         index = node.applied_index
         if index <= node.storage.offset:
             return
@@ -771,8 +834,9 @@ class Simulation:
             core = node_core(leader)
             if marker is not None and marker[0] == leader.node_id:
                 if leader.applied_index >= marker[1]:
-                    applied = self._committed_entry.get(marker[1])
-                    if applied is not None and applied.data == b"liveness":
+                    # Applied, so committed: by the state machine checks, the same everywhere.
+                    (applied,) = core.log_entries(marker[1], marker[1] + 1)
+                    if applied.data == b"liveness":
                         return
                     marker = None  # lost to a conflicting suffix: propose again
                 continue
@@ -815,10 +879,17 @@ def run_seeds(
     fault_ticks: int = FAULT_TICKS_DEFAULT,
     node_count: int | None = None,
     churn: bool | None = None,
+    async_writes: bool | None = None,
 ) -> list[SimulationResult]:
     """Run each seed; the first violation propagates, naming its seed."""
     return [
-        Simulation(seed, fault_ticks=fault_ticks, node_count=node_count, churn=churn).run()
+        Simulation(
+            seed,
+            fault_ticks=fault_ticks,
+            node_count=node_count,
+            churn=churn,
+            async_writes=async_writes,
+        ).run()
         for seed in seeds
     ]
 
@@ -829,11 +900,18 @@ def first_violation(
     fault_ticks: int = FAULT_TICKS_DEFAULT,
     node_count: int | None = None,
     churn: bool | None = None,
+    async_writes: bool | None = None,
 ) -> tuple[int, str] | None:
     """The first seed that violates a safety property, and the violation; None if none does."""
     for seed in seeds:
         try:
-            Simulation(seed, fault_ticks=fault_ticks, node_count=node_count, churn=churn).run()
+            Simulation(
+                seed,
+                fault_ticks=fault_ticks,
+                node_count=node_count,
+                churn=churn,
+                async_writes=async_writes,
+            ).run()
         except SafetyViolation as violation:
             return seed, str(violation)
         except LivenessFailure:

@@ -713,6 +713,52 @@ def test_a_leader_sends_before_persisting_and_counts_its_log_only_once_persisted
     assert leader.commit_index == 2
 
 
+def test_a_leader_with_asynchronous_writes_counts_its_log_once_reported_durable() -> None:
+    """etcd's AsyncStorageWrites: an accepted Ready hands its entries to a storage writer, the
+    next Ready carries only newer entries, and the leader's own log counts toward commitment
+    only when ``persisted`` says so (thesis 10.2.1); reports that no longer match are ignored."""
+    cluster = Cluster()
+    leader = cluster.elect("n1")
+    leader.propose(b"a")
+    first = leader.ready()
+    leader.accept(first)  # handed to the writer, not durable
+    leader.propose(b"b")
+    second = leader.ready()
+    assert [entry.data for entry in first.entries] == [b"a"]
+    assert [entry.data for entry in second.entries] == [b"b"]  # not handed out twice
+    leader.accept(second)
+    assert not leader.has_ready()
+    n2 = cluster.nodes["n2"]
+    for message in (*first.messages, *second.messages):
+        if message.target == "n2":
+            n2.step(message)
+    n2_ready = n2.ready()
+    n2.advance(n2_ready)
+    for message in n2_ready.messages:
+        leader.step(message)
+    assert leader.commit_index == 1  # n2 holds 2 and 3; n1's copies are in memory
+    leader.persisted(second.entries[-1].index, second.entries[-1].term + 1)  # wrong term
+    assert leader.commit_index == 1
+    leader.persisted(first.entries[-1].index, first.entries[-1].term)
+    assert leader.commit_index == 2
+    leader.persisted(second.entries[-1].index, second.entries[-1].term)
+    assert leader.commit_index == 3
+    leader.persisted(first.entries[-1].index, first.entries[-1].term)  # late: changes nothing
+    assert leader.commit_index == 3
+
+
+def test_only_a_ready_that_promises_nothing_may_be_accepted_unpersisted() -> None:
+    """A vote, or a follower's answer, promises what its Ready writes: it must be advanced,
+    after the write, never accepted before it."""
+    core = RaftCore(Config("n1"), THREE, random.Random(1))
+    for _ in range(2 * ELECTION_TICKS):
+        core.tick()
+    ready = core.ready()
+    assert not ready.send_before_persist  # the vote for itself, and its requests
+    with pytest.raises(ValueError, match="send_before_persist"):
+        core.accept(ready)
+
+
 def test_a_lost_append_is_sent_again_after_an_election_timeout() -> None:
     """The network may drop anything; a leader that got no answer probes again."""
     cluster = Cluster()

@@ -327,6 +327,11 @@ def _add_raft_parser(workloads: argparse._SubParsersAction[argparse.ArgumentPars
         help="the rows take turns this many times, each a share of --duration and --warmup, "
         "so a drift in the machine's speed reaches them alike (default: %(default)s)",
     )
+    parser.add_argument(
+        "--async-writes",
+        action="store_true",
+        help="run the nodes with --async-writes: the leader does not wait for its own disk",
+    )
     parser.add_argument("--json", type=Path, default=None, help="where to save the results")
     parser.set_defaults(func=_run_raft)
 
@@ -526,6 +531,7 @@ def _run_raft(args: argparse.Namespace) -> int:
             warmup_s=args.warmup,
             seed=args.seed,
             rounds=args.rounds,
+            async_writes=args.async_writes,
         )
     except ValueError as error:
         return _fail(f"bench raft: {error}", EXIT_USAGE)

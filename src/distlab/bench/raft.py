@@ -65,6 +65,7 @@ class RaftBenchSettings:
     warmup_s: float = 1.0
     seed: int = 0
     rounds: int = ROUNDS_DEFAULT
+    async_writes: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes <= 7:
@@ -86,6 +87,7 @@ class RaftBenchSettings:
                 "value_bytes": self.value_bytes,
                 "keys": self.keys,
                 "rounds": self.rounds,
+                **({"async_writes": True} if self.async_writes else {}),
                 **parameters,
             },
         )
@@ -102,7 +104,13 @@ def run_raft_benchmarks(settings: RaftBenchSettings, progress: TextIO | None) ->
                 name=f"n{index + 1}",
                 data_dir=Path(directory) / f"n{index + 1}",
                 log_path=Path(directory) / f"n{index + 1}.log",
-                arguments=["--peers", peers, "--fsync", settings.fsync_policy.value],
+                arguments=[
+                    "--peers",
+                    peers,
+                    "--fsync",
+                    settings.fsync_policy.value,
+                    *(["--async-writes"] if settings.async_writes else []),
+                ],
                 port=port,
                 command=("raft", "node"),
             )

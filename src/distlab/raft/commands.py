@@ -58,6 +58,11 @@ def add_raft_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         help="appends in flight to each follower (1 batches best on a busy machine; more "
         "pipelines over a long round trip)",
     )
+    node.add_argument(
+        "--async-writes",
+        action="store_true",
+        help="a leader does not wait for its own disk (etcd's asynchronous storage writes)",
+    )
     node.add_argument("--rng-seed", type=int)
     node.add_argument("--allow-fault-injection", action="store_true")
     node.add_argument("--peer-routes", type=Path, help="JSON map of peer address to dial")
@@ -103,6 +108,7 @@ def _run_node(args: argparse.Namespace) -> int:
             tick_ms=args.tick_ms,
             snapshot_entries=args.snapshot_entries,
             inflight_appends=args.inflight_appends,
+            async_writes=args.async_writes,
             wal=WalOptions(
                 fsync_policy=FsyncPolicy(args.fsync), durable_ledger=args.durable_ledger
             ),

@@ -60,6 +60,17 @@ If the process stops anywhere in the recipe, a restart from what step 1 persiste
 (``RaftCore(config, voters, rng, hard_state=..., entries=..., snapshot=...)``): nothing another
 node heard of depends on what was not persisted.
 
+**Asynchronous storage writes** (etcd's ``AsyncStorageWrites``). A leader need not wait for its
+own disk at all. For a Ready with ``send_before_persist``, the caller may hand step 1 to a
+storage writer, do steps 2 and 3, and call ``accept(ready)`` instead of ``advance``; the core then
+produces the next Ready while the write is still on its way. When the writer reports the entries
+durable, the caller calls ``persisted(index, term)`` with the last entry's index and term, and
+only then does the leader's own log count toward commitment. The writer must write in the order
+it was handed the writes (a FIFO: each write may truncate what an earlier one wrote), and a Ready
+without ``send_before_persist`` must wait until every write handed before it is durable, since its
+messages promise the disk. The core keeps two marks on its log for this: what it has handed out
+(``_unstable_from``) and what is known durable (``_stable_to``).
+
 Theory of operation
 -------------------
 * Time is an abstract tick. A follower that hears nothing from a leader for its randomized
@@ -88,8 +99,9 @@ What it leaves out
   contacted by the leader.
 * Leases are off: there are no lease-based reads (thesis 6.4.1), which would trust clocks; every
   read costs a heartbeat round.
-* No flow control by bytes (etcd's MaxSizePerMsg), no asynchronous storage writes, no
-  snapshotting in chunks: a snapshot travels as one message.
+* No flow control by bytes (etcd's MaxSizePerMsg), no snapshotting in chunks: a snapshot
+  travels as one message. Only a leader's writes may be asynchronous; a follower's answers wait
+  for its disk (etcd also lets them go out from the storage writer once it has written).
 * Proposals are not forwarded from followers: they raise ``NotLeaderError`` naming the leader.
 * Pending reads are dropped when the leader steps down; the caller times them out.
 """
@@ -326,8 +338,9 @@ class Ready:
     # promise rests on it (etcd's MustSync).
     must_sync: bool
     # Whether step 2 may come before step 1: a leader's appends and heartbeats promise nothing
-    # about its own disk, because it counts its log toward commitment only once ``advance``
-    # reports it persisted (thesis 10.2.1). Its followers then write while it writes.
+    # about its own disk, because it counts its log toward commitment only once ``advance`` or
+    # ``persisted`` reports it durable (thesis 10.2.1). Its followers then write while it writes,
+    # and step 1 may be left to a storage writer (``accept``).
     send_before_persist: bool
 
     def empty(self) -> bool:
@@ -502,9 +515,12 @@ class RaftCore:
         self._config_index = 0
         self._reload_voters()
 
-        # What the caller has been handed (Ready) and confirmed (advance).
+        # What the caller has been handed (Ready, then accept or advance) and what it confirmed
+        # durable (advance, persisted). The hard state needs no second mark: a Ready that
+        # changes the term or vote is never accepted before its write is durable.
         self._persisted_hard_state = hard_state
-        self._unstable_from = self.last_index + 1
+        self._unstable_from = self.last_index + 1  # the first entry not yet handed to storage
+        self._stable_to = self.last_index  # the last entry known durable, on this log
         self._pending_snapshot: Snapshot | None = None
         self._outbox: list[Message] = []
         self._read_states: list[ReadState] = []
@@ -723,7 +739,35 @@ class RaftCore:
         )
 
     def advance(self, ready: Ready) -> None:
-        """The caller did everything ``ready`` asked. Inputs stepped in between are kept."""
+        """The caller did everything ``ready`` asked, its write durable. Inputs stepped in
+        between are kept."""
+        self._accept(ready)
+        if ready.entries:
+            last = ready.entries[-1]
+            self.persisted(last.index, last.term)
+
+    def accept(self, ready: Ready) -> None:
+        """The caller did everything ``ready`` asked except that its write may still be on its
+        way to disk: it will call ``persisted`` when it is durable. Only a Ready whose messages
+        promise nothing about this node's disk may be accepted (``send_before_persist``)."""
+        if not ready.send_before_persist:
+            raise ValueError("only a Ready with send_before_persist may be accepted unpersisted")
+        self._accept(ready)
+
+    def persisted(self, index: int, term: int) -> None:
+        """The storage writer made durable every write handed to it up to the one ending in
+        the entry at ``index`` of ``term``. Stale reports are ignored: if the log no longer
+        holds that entry, a truncation replaced it. If it does, Log Matching (Raft 2014, 5.3)
+        says the whole prefix up to it is the one written, so that prefix is durable."""
+        if index <= self._stable_to or index >= self._unstable_from:
+            return
+        if self._term_at(index) != term:
+            return
+        self._stable_to = index
+        if self._role is Role.LEADER:
+            self._maybe_commit()  # its own log now counts (thesis 10.2.1)
+
+    def _accept(self, ready: Ready) -> None:
         if ready.hard_state is not None:
             self._persisted_hard_state = ready.hard_state
         if ready.snapshot is not None:
@@ -731,9 +775,7 @@ class RaftCore:
                 self._pending_snapshot = None
             self._applied = max(self._applied, ready.snapshot.index)
         if ready.entries:
-            self._mark_stable(ready.entries)
-            if self._role is Role.LEADER:
-                self._maybe_commit()  # its own log now counts (thesis 10.2.1)
+            self._mark_handed(ready.entries)
         if ready.committed:
             self._applied = max(self._applied, ready.committed[-1].index)
         assert self._applied <= self._commit
@@ -742,17 +784,17 @@ class RaftCore:
         del self._read_states[: len(ready.read_states)]
         self._reported_soft_state = (ready.role, ready.leader, ready.term)
 
-    def _mark_stable(self, persisted: tuple[Entry, ...]) -> None:
+    def _mark_handed(self, handed: tuple[Entry, ...]) -> None:
         # If a conflicting suffix replaced some of them after ready(), only the ones still in
-        # the log are stable; if the truncation went below them, nothing is.
-        if self._unstable_from != persisted[0].index:
+        # the log were handed out; if the truncation went below them, none were.
+        if self._unstable_from != handed[0].index:
             return
-        stable_to = persisted[0].index - 1
-        for entry in persisted:
+        handed_to = handed[0].index - 1
+        for entry in handed:
             if self._entry_at(entry.index) is not entry:
                 break
-            stable_to = entry.index
-        self._unstable_from = stable_to + 1
+            handed_to = entry.index
+        self._unstable_from = handed_to + 1
 
     def _hard_state(self) -> HardState:
         return HardState(self._term, self._voted_for, self._commit)
@@ -802,6 +844,7 @@ class RaftCore:
         assert index > self._commit, f"{self._node_id} would truncate committed entry {index}"
         del self._log[index - self._offset - 1 :]
         self._unstable_from = min(self._unstable_from, index)
+        self._stable_to = min(self._stable_to, index - 1)
         if index <= self._config_index:
             self._reload_voters()  # thesis 4.1: fall back to the configuration before it
 
@@ -1148,6 +1191,9 @@ class RaftCore:
         self._base_voters = snapshot.voters
         self._commit = snapshot.index
         self._unstable_from = snapshot.index + 1
+        # Not durable yet, but what counts is that nothing past it is: the snapshot's Ready is
+        # not accepted before its write is durable, and a leader never installs one.
+        self._stable_to = snapshot.index
         self._reload_voters()
 
     # --- replication, leader side ---
@@ -1329,7 +1375,7 @@ class RaftCore:
         # The leader's own log counts once persisted, not before: it may have sent its appends
         # before writing them (thesis 10.2.1), and an entry on a majority of memories is not
         # committed.
-        matches[self._node_id] = min(self._unstable_from - 1, self.last_index)
+        matches[self._node_id] = min(self._stable_to, self.last_index)
         candidate = quorum_commit_index(matches, self._voters)
         if candidate <= self._commit:
             return

@@ -11,7 +11,8 @@ of the log (Raft 2014, section 7; Ongaro's thesis, "Consensus: Bridging Theory a
 Stanford 2014, section 5.1), whether the application took it (``compact``) or the leader sent it
 (``save``; InstallSnapshot). ``save`` is step 1 of the Ready recipe in ``distlab.raft.core``:
 ``save(ready.hard_state, ready.entries, ready.snapshot)`` returns once all three are on disk,
-with one fsync. ``open`` gives back what a ``RaftCore`` restarts from.
+with one fsync; ``save(..., sync=False)`` several times, then one ``sync()``, is a group commit
+(``distlab.raft.writer``). ``open`` gives back what a ``RaftCore`` restarts from.
 
 On disk::
 
@@ -813,6 +814,15 @@ class RaftStorage:
             if sync and self._wal.options.fsync_policy is FsyncPolicy.ALWAYS:
                 self._wal.sync()
             _apply_batch(self._log, batch, sequence)
+
+    def sync(self) -> None:
+        """Make every batch saved so far durable, those saved with ``sync=False`` included: the
+        fsync of a group of saves (group commit). Under a policy other than ALWAYS, a no-op: the
+        policy decides when the WAL syncs."""
+        with self._lock:
+            self._check_open()
+            if self._wal.options.fsync_policy is FsyncPolicy.ALWAYS:
+                self._wal.sync()
 
     def compact(self, snapshot: Snapshot) -> None:
         """The application's snapshot: store it (a file, then its mark) and delete the WAL
