@@ -11,6 +11,7 @@ import io
 import json
 import math
 import random
+import re
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -494,6 +495,27 @@ async def test_interleaved_rows_see_the_same_drift() -> None:
     assert [result.name for result in interleaved] == ["a", "b"]
     assert throughput_ratio(interleaved[0], interleaved[1]) == pytest.approx(2, rel=0.15)
     assert interleaved[0].duration_s == specs[0].duration_s
+
+
+@pytest.mark.asyncio
+async def test_an_interleaved_rows_progress_rate_is_its_turns_own() -> None:
+    """A row's recorder counts across its turns; the rate on each turn's progress line must
+    not include the turns before it (it read 2x, then 3x the true rate)."""
+    clock = ManualClock()
+    stream = io.StringIO()
+    row = runner.Row(
+        BenchSpec("steady", concurrency=1, duration_s=300 * STEP_S, warmup_s=30 * STEP_S),
+        lambda _: drifting_operation(clock, 1),
+    )
+    clock.advance(-1000 * STEP_S)  # stay below the drifting operation's slowdown at 100 steps
+    await runner.run_interleaved([row], rounds=3, clock=clock, progress=stream,
+                                 progress_interval_s=3600.0)  # fmt: skip
+    rates = [
+        float(rate.replace(",", "")) for rate in re.findall(r"([\d,.]+) ops/s", stream.getvalue())
+    ]
+    assert len(rates) >= 3  # at least each turn's final line
+    for rate in rates:
+        assert rate == pytest.approx(1 / STEP_S, rel=0.2)
 
 
 @pytest.mark.asyncio

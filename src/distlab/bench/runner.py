@@ -239,6 +239,7 @@ class _ProgressLine:
         window: _Window,
         stream: TextIO | None,
         interval_s: float | None,
+        completed_before: int = 0,
     ) -> None:
         self._label = label
         self._spec = spec
@@ -251,7 +252,8 @@ class _ProgressLine:
             )
         self.interval_s = interval_s
         self._last_time = window.start - spec.warmup_s
-        self._last_completed = 0
+        # An interleaved row's recorder keeps counting across its turns; a rate is this turn's.
+        self._last_completed = completed_before
         self._last_width = 0
 
     def update(self, now: float, recorder: _Recorder) -> None:
@@ -463,7 +465,9 @@ async def _run_window(
     started = clock()
     window = _Window(start=started + spec.warmup_s, end=started + spec.warmup_s + spec.duration_s)
     label = describe(spec.name, spec.parameters, spec.concurrency)
-    progress_line = _ProgressLine(label, spec, window, progress, progress_interval_s)
+    progress_line = _ProgressLine(
+        label, spec, window, progress, progress_interval_s, recorder.completed_total
+    )
     tasks = [
         asyncio.create_task(_work(operation, window, recorder, clock), name=f"{label} #{index}")
         for index, operation in enumerate(operations)
