@@ -323,7 +323,8 @@ class RaftNode:
             try:
                 index = self.core.propose(data)
             except (NotLeaderError, ProposalDroppedError) as error:
-                applied.set_exception(self._not_leader(error))
+                if not applied.done():  # it may have timed out in the inbox
+                    applied.set_exception(self._not_leader(error))
                 return
             self._proposals[index] = _Pending(self.core.term, applied)
             proposed_at.append(index)
@@ -351,7 +352,8 @@ class RaftNode:
             try:
                 self.core.read_index(request_id)
             except (NotLeaderError, ProposalDroppedError) as error:
-                done.set_exception(self._not_leader(error))
+                if not done.done():
+                    done.set_exception(self._not_leader(error))
                 return
             self._reads[request_id] = done
 
