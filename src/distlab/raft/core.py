@@ -1191,8 +1191,8 @@ class RaftCore:
         self._base_voters = snapshot.voters
         self._commit = snapshot.index
         self._unstable_from = snapshot.index + 1
-        # Not durable yet, but what counts is that nothing past it is: the snapshot's Ready is
-        # not accepted before its write is durable, and a leader never installs one.
+        # Counted durable before its write is, which is harmless: only a follower installs a
+        # snapshot, and its Ready is advanced (never accepted) once the write is durable.
         self._stable_to = snapshot.index
         self._reload_voters()
 

@@ -13,8 +13,8 @@ The driver loop, each turn:
 2. If it has a Ready: hand its hard state, entries and snapshot to the storage writer
    (``distlab.raft.writer``: one queue, written in order by a worker thread, one fsync for every
    group of writes that queued up while the previous group was on disk) and wait until it and
-   every write before it are durable. A Ready that changes only the commit index needs no fsync
-   and no wait: it is written directly when the writer is idle.
+   every write before it are durable. A Ready that changes only the commit index needs no fsync:
+   once the writer is idle, it is written directly.
 3. Send its messages (each peer has a sender task writing batches on one long-lived stream; a
    full queue drops, as a lossy network would, and Raft retransmits). A leader's Ready
    (``Ready.send_before_persist``) promises nothing about its own disk, so it sends first and
@@ -420,12 +420,10 @@ class RaftNode:
             await self.writer.save(ready.hard_state, ready.entries, ready.snapshot, sync=True)
         else:
             await self.writer.flushed()  # what its messages may promise
-            if writes and self.writer.idle():
-                # Only the commit index: a write to the page cache, too short to hand over.
+            if writes:
+                # Only the commit index: a write to the page cache, too short to hand to a
+                # thread. The writer is idle now, so writing here keeps the order.
                 self.storage.save(ready.hard_state, (), None, sync=False)
-            elif writes:  # a crash may lose it anyway, so no waiting
-                written = self.writer.save(ready.hard_state, (), None, sync=False)
-                written.add_done_callback(functools.partial(self._on_written, None))
         if not ready.send_before_persist:
             self._send(ready.messages)  # step 3
         if ready.snapshot is not None:  # step 4
