@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 
@@ -11,6 +13,9 @@ from distlab.kvstore.versioning import decode_siblings
 from distlab.proto import chaos_pb2, chaos_pb2_grpc, kvstore_pb2, kvstore_pb2_grpc
 
 from .conftest import StartNode, start_cluster
+
+# Hinted handoff retries on its own schedule; generous for a busy 2-core machine.
+DELIVERY_DEADLINE_S = 30.0
 
 
 def set_rules(node: NodeProcess, *rules: chaos_pb2.RpcFaultRule) -> None:
@@ -110,3 +115,38 @@ def test_fault_injection_is_refused_unless_the_node_allows_it(start_node: StartN
     with pytest.raises(grpc.RpcError) as unknown:
         set_rules(opened, chaos_pb2.RpcFaultRule(action="explode"))
     assert unknown.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_write_that_fails_on_a_live_owner_goes_to_a_spare_with_a_hint(
+    start_node: StartNode,
+) -> None:
+    """Dynamo 4.6: "if A is temporarily down or unreachable during a write operation then a
+    replica that would normally have lived on A will now be sent to node D". The owner is up in
+    every failure detector's view; only its writes fail. The fourth node takes its copy, W=3 is
+    reached, and the hint reaches the owner once its link heals."""
+    nodes = start_cluster(start_node, 4, "--allow-fault-injection")
+    by_id = {node.name: node for node in nodes}
+    with SyncKeyValueClient(nodes[0].address) as client:
+        written = client.put(b"handoff", b"v1", w=3, trace=True)
+    first = written.trace
+    assert first is not None
+    preference = first["preference_list"]
+    failing = next(node_id for node_id in preference if node_id != first["coordinator"])
+    (spare,) = set(by_id) - set(preference)
+    rule = chaos_pb2.RpcFaultRule(peer=by_id[failing].address, method="ReplicaPut", action="fail")
+    for node in nodes:
+        set_rules(node, rule)
+
+    with SyncKeyValueClient(nodes[0].address) as client:
+        # With v1's context, v2 supersedes it: the owner ends with v2 alone, not siblings.
+        second = client.put(b"handoff", b"v2", context=written.context, w=3, trace=True).trace
+    assert second is not None
+    assert second["hints_written"] == [{"node_id": spare, "hint_for": failing}]
+    assert replica_values(by_id[failing], b"handoff") == {b"v1"}
+
+    for node in nodes:
+        set_rules(node)  # heal: hinted handoff may now deliver
+    deadline = time.monotonic() + DELIVERY_DEADLINE_S
+    while replica_values(by_id[failing], b"handoff") != {b"v2"}:
+        assert time.monotonic() < deadline, "the hint never reached its owner"
+        time.sleep(0.1)

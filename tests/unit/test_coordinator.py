@@ -72,8 +72,13 @@ def version(
     return Version(Dot(node_id, counter), context, value, 0)
 
 
+# The owners up, every node beyond them down: no spare can replace a failed write, so a tracker
+# counts exactly its planned targets (replacements have tests of their own).
+OWNERS_UP = frozenset({"a", "b", "c"})
+
+
 def write_tracker(
-    live: frozenset[str] = ALL, config: QuorumConfig = SLOPPY, local_node: str = "a"
+    live: frozenset[str] = OWNERS_UP, config: QuorumConfig = SLOPPY, local_node: str = "a"
 ) -> WriteTracker:
     return WriteTracker(plan_write(WALK, live, config), config.w, local_node)
 
@@ -375,7 +380,7 @@ def test_a_put_that_fails_early_with_replicas_still_out_is_indefinite() -> None:
 
 
 def test_a_put_pending_at_the_deadline_fails_indefinitely() -> None:
-    tracker = write_tracker(live_except("b"))  # targets a, c, d (for b)
+    tracker = write_tracker(frozenset({"a", "c", "d"}))  # targets a, c, d (for b); no spare
     tracker.on_ack("a", 0.3)
     assert tracker.on_failure("d", 15.0, "timeout") is Outcome.PENDING
     assert tracker.on_deadline(2000.0) is Outcome.FAILED
@@ -406,6 +411,53 @@ def test_a_fallback_that_acknowledges_holds_a_hint() -> None:
         {"node_id": "d", "hint_for": "b"},
         {"node_id": "e", "hint_for": "c"},
     ]
+
+
+def test_an_owner_whose_write_fails_is_replaced_by_the_next_spare_with_a_hint() -> None:
+    """Dynamo 4.6: "if A is temporarily down or unreachable during a write operation then a
+    replica that would normally have lived on A will now be sent to node D". Here b is up in the
+    failure detector's view, but its write fails: d stands in for it, and W=3 is still reached."""
+    tracker = write_tracker(ALL, QuorumConfig(w=3))  # targets a, b, c; spares d, e, f
+    tracker.on_ack("a", 0.3)
+    assert tracker.replacement_for("b") is None
+    assert tracker.on_failure("b", 2.0, "connection reset") is Outcome.PENDING
+    assert tracker.replacement_for("b") == fallback("d", "b")
+    assert tracker.on_ack("c", 3.0) is Outcome.PENDING
+    assert tracker.on_ack("d", 5.0) is Outcome.SUCCEEDED
+    assert tracker.hints_written() == (fallback("d", "b"),)
+    trace = tracker.trace().to_dict()
+    assert trace["targets"][-1] == {"node_id": "d", "hint_for": "b"}
+    assert [replica["outcome"] for replica in trace["replicas"]] == [
+        "acked",
+        "failed",
+        "acked",
+        "acked",
+    ]
+
+
+def test_a_failed_fallback_is_replaced_too_and_the_spares_run_out() -> None:
+    tracker = write_tracker(live_except("e"), QuorumConfig(w=3))  # spares d, f
+    tracker.on_ack("a", 0.3)
+    tracker.on_failure("b", 1.0, "timeout")
+    assert tracker.replacement_for("b") == fallback("d", "b")
+    tracker.on_failure("d", 2.0, "timeout")
+    assert tracker.replacement_for("d") == fallback("f", "b")  # still holding b's hint
+    assert tracker.on_failure("f", 3.0, "timeout") is Outcome.FAILED  # no spare left
+    assert tracker.replacement_for("f") is None
+    assert "failed: b (timeout), d (fallback for b; timeout), f (fallback for b" in (
+        tracker.failure_message()
+    )
+    assert tracker.on_failure("c", 4.0, "late") is Outcome.FAILED
+    assert tracker.replacement_for("c") is None  # the put has failed: nothing to save
+
+
+def test_a_strict_quorum_never_replaces_a_failed_owner() -> None:
+    tracker = write_tracker(ALL, QuorumConfig(w=3, sloppy=False))
+    tracker.on_ack("a", 0.3)
+    assert tracker.on_failure("b", 2.0, "timeout") is Outcome.FAILED
+    assert tracker.replacement_for("b") is None
+    assert plan_write(WALK, ALL, STRICT).spares == ()
+    assert plan_write(WALK, live_except("b", "e"), SLOPPY).spares == ("f",)  # d stands for b
 
 
 def test_write_tracker_refuses_what_the_shell_must_not_do() -> None:

@@ -20,8 +20,11 @@ What it implements
   encountered while walking the consistent hashing ring", and "the replica that would normally
   have lived on A will now be sent to node D ... the replica sent to D will have a hint in its
   metadata that suggests which node was the intended recipient". ``plan_write`` and ``plan_read``
-  choose those nodes; a ``ReplicaTarget`` with ``hint_for`` set is such a fallback. With
-  ``sloppy=False`` (a strict quorum) only the top N themselves count.
+  choose those nodes; a ``ReplicaTarget`` with ``hint_for`` set is such a fallback. The same
+  paragraph covers an owner that is up in the failure detector's view but fails the write itself
+  ("if A is temporarily down or unreachable during a write operation"): ``WriteTracker`` then
+  names the next spare node as its fallback (``replacement_for``). With ``sloppy=False`` (a
+  strict quorum) only the top N themselves count.
 * **Read repair** (section 5): "If stale versions were returned in any of the responses, the
   coordinator updates those nodes with the latest version. This process is called read repair
   because it repairs replicas that have missed a recent update at an opportunistic time and
@@ -53,6 +56,12 @@ Two edge cases follow from taking nodes only from the walk:
 A plan is **achievable** when it has at least W (or R) targets; a put also needs a live owner to
 coordinate it (see "departures" below). An unachievable plan is refused before anything is
 written or read: a definite failure (``common.errors.NOT_ENOUGH_REPLICAS``).
+
+Replacing. In sloppy mode, a put's target whose write fails (an owner, or a fallback that failed
+too) is replaced at once by the next unused live node beyond the top N, which gets ``hint_for`` =
+the owner it stands in for; the replacement counts towards W like any target, so one slow or
+crashed owner costs a put a round trip, not its quorum. Each spare serves once; when they run
+out, the failure stands. A get is not redirected: its targets' replies are already what R counts.
 
 Deciding. A tracker counts answers against the quorum. Each target answers at most once, moving
 from NO_ANSWER to ACKED (a write stored and fsynced), REPLIED (a read's versions) or FAILED
@@ -98,7 +107,8 @@ A put:
      here, then report it: ``tracker.on_ack(self, elapsed_ms)``.
   5. Send the merged sibling set to every other target (with its ``hint_for``) concurrently, and
      report each answer (``on_ack``, or ``on_failure`` with ``definite=True`` only when the
-     replica certainly did not store it).
+     replica certainly did not store it). After a failure, ``replacement_for(target)`` names the
+     fallback that now stands in for it, if any: send it the same set, with its hint.
   6. Answer the client when ``tracker.outcome`` is no longer PENDING, or call
      ``tracker.on_deadline`` when the deadline passes first. FAILED: answer with
      ``failure_kind()`` and ``failure_message()``.
@@ -256,6 +266,9 @@ class WritePlan:
     live_owners: int
     down_owners: tuple[str, ...]
     config: QuorumConfig
+    # Sloppy only: the live nodes beyond the top N not already fallbacks, in walk order; they
+    # replace targets whose write fails (``WriteTracker.replacement_for``).
+    spares: tuple[str, ...] = ()
 
     @property
     def fallbacks(self) -> tuple[ReplicaTarget, ...]:
@@ -315,6 +328,14 @@ def plan_write(walk: Sequence[str], live: AbstractSet[str], config: QuorumConfig
     """
     preference_list, targets, down_owners = _choose_targets(walk, live, config)
     live_owners = len(preference_list) - len(down_owners)
+    targeted = {target.node_id for target in targets}
+    spares = (
+        tuple(
+            node_id for node_id in walk[config.n :] if node_id in live and node_id not in targeted
+        )
+        if config.sloppy
+        else ()
+    )
     return WritePlan(
         preference_list=preference_list,
         targets=targets,
@@ -322,6 +343,7 @@ def plan_write(walk: Sequence[str], live: AbstractSet[str], config: QuorumConfig
         live_owners=live_owners,
         down_owners=down_owners,
         config=config,
+        spares=spares,
     )
 
 
@@ -731,6 +753,8 @@ class WriteTracker(_QuorumTracker):
             )
         super().__init__(Operation.PUT, plan.targets, plan.preference_list, plan.config, w)
         self._local_node = local_node
+        self._spares = list(plan.spares)
+        self._replacements: dict[str, ReplicaTarget] = {}
 
     def on_ack(self, node_id: str, elapsed_ms: float) -> Outcome:
         """``node_id`` stored the write durably (fsynced); a fallback stored it as a hint."""
@@ -741,7 +765,20 @@ class WriteTracker(_QuorumTracker):
     ) -> Outcome:
         """The write to ``node_id`` failed. ``definite=True`` only when the replica certainly did
         not store it (it refused before writing, or the connection was refused); a timeout or a
-        call cut off midway may have stored it, so the default is False."""
+        call cut off midway may have stored it, so the default is False.
+
+        In sloppy mode the next spare takes the failed target's place before the quorum is
+        counted again (``replacement_for``), unless the put has already failed."""
+        record = self._record_of(node_id)
+        if (
+            ReplicaOutcome.FAILED in REPLICA_TRANSITIONS[record.outcome]
+            and self._spares
+            and self._outcome is not Outcome.FAILED
+        ):
+            spare = self._spares.pop(0)
+            replacement = ReplicaTarget(spare, hint_for=record.target.hint_for or node_id)
+            self._records[spare] = _ReplicaRecord(replacement)
+            self._replacements[node_id] = replacement
         return self._answer(
             node_id,
             ReplicaOutcome.FAILED,
@@ -749,6 +786,11 @@ class WriteTracker(_QuorumTracker):
             reason=_clip_reason(reason),
             definite=definite,
         )
+
+    def replacement_for(self, node_id: str) -> ReplicaTarget | None:
+        """The fallback that took the place of ``node_id`` when its write failed (Dynamo 4.6),
+        holding a hint for the owner; None if none did (strict mode, no spare left)."""
+        return self._replacements.get(node_id)
 
     def failure_kind(self) -> errors.ErrorKind:
         """The error table's entry for the failure: DEADLINE_EXCEEDED when the deadline decided

@@ -59,6 +59,7 @@ from distlab.kvstore.coordinator import (
     Outcome,
     QuorumConfig,
     ReadTracker,
+    ReplicaTarget,
     WriteTracker,
     coordinator_for,
     plan_read,
@@ -347,14 +348,7 @@ class KvNode:
                 hints_sent.append(f"{target.node_id} asked to hold a hint for {target.hint_for}")
             self._spawn(
                 self._replicate(
-                    key,
-                    payload,
-                    target.node_id,
-                    target.hint_for,
-                    tracker,
-                    decided,
-                    started,
-                    deadline_s,
+                    key, payload, target, tracker, decided, started, deadline_s, hints_sent
                 ),
                 "replicate",
             )
@@ -377,13 +371,14 @@ class KvNode:
         self,
         key: bytes,
         payload: bytes,
-        node_id: str,
-        hint_for: str | None,
+        target: ReplicaTarget,
         tracker: WriteTracker,
         decided: asyncio.Event,
         started: float,
         deadline_s: float,
+        hints_sent: list[str],
     ) -> None:
+        node_id, hint_for = target.node_id, target.hint_for
         request = kvstore_pb2.ReplicaPutRequest(
             key=key, siblings=payload, hint_for=hint_for or "", from_node=self.node_id
         )
@@ -393,6 +388,18 @@ class KvNode:
         except grpc.RpcError as rpc_error:
             error = error_from_rpc(rpc_error)
             tracker.on_failure(node_id, _elapsed_ms(started), str(error), definite=error.definite)
+            replacement = tracker.replacement_for(node_id)
+            if replacement is not None:  # Dynamo 4.6: the next spare holds it, with a hint
+                hints_sent.append(
+                    f"{replacement.node_id} asked to hold a hint for {replacement.hint_for} "
+                    f"after {node_id} failed"
+                )
+                self._spawn(
+                    self._replicate(
+                        key, payload, replacement, tracker, decided, started, deadline_s, hints_sent
+                    ),
+                    "replicate",
+                )
         else:
             tracker.on_ack(node_id, _elapsed_ms(started))
             if hint_for is not None:
