@@ -68,6 +68,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypedDict, Unpack
 
 from distlab.raft.core import (
     Config,
@@ -873,45 +874,25 @@ def decode_state(data: bytes) -> tuple[int, int]:
     return int(index), int(chain)
 
 
-def run_seeds(
-    seeds: range,
-    *,
-    fault_ticks: int = FAULT_TICKS_DEFAULT,
-    node_count: int | None = None,
-    churn: bool | None = None,
-    async_writes: bool | None = None,
-) -> list[SimulationResult]:
+class SimulationOptions(TypedDict, total=False):
+    """``Simulation``'s keyword arguments, for the helpers that run many seeds."""
+
+    fault_ticks: int
+    node_count: int | None
+    churn: bool | None
+    async_writes: bool | None
+
+
+def run_seeds(seeds: range, **options: Unpack[SimulationOptions]) -> list[SimulationResult]:
     """Run each seed; the first violation propagates, naming its seed."""
-    return [
-        Simulation(
-            seed,
-            fault_ticks=fault_ticks,
-            node_count=node_count,
-            churn=churn,
-            async_writes=async_writes,
-        ).run()
-        for seed in seeds
-    ]
+    return [Simulation(seed, **options).run() for seed in seeds]
 
 
-def first_violation(
-    seeds: range,
-    *,
-    fault_ticks: int = FAULT_TICKS_DEFAULT,
-    node_count: int | None = None,
-    churn: bool | None = None,
-    async_writes: bool | None = None,
-) -> tuple[int, str] | None:
+def first_violation(seeds: range, **options: Unpack[SimulationOptions]) -> tuple[int, str] | None:
     """The first seed that violates a safety property, and the violation; None if none does."""
     for seed in seeds:
         try:
-            Simulation(
-                seed,
-                fault_ticks=fault_ticks,
-                node_count=node_count,
-                churn=churn,
-                async_writes=async_writes,
-            ).run()
+            Simulation(seed, **options).run()
         except SafetyViolation as violation:
             return seed, str(violation)
         except LivenessFailure:
