@@ -23,6 +23,8 @@ from distlab.bench import kv, raft, wal
 from distlab.bench.runner import (
     CONCURRENCY_MAX,
     DURATION_S_MAX,
+    ROUNDS_DEFAULT,
+    ROUNDS_MAX,
     WARMUP_S_MAX,
     BenchResult,
     format_table,
@@ -245,6 +247,13 @@ def _add_kv_parser(workloads: argparse._SubParsersAction[argparse.ArgumentParser
         "(default: %(default)s)",
     )
     parser.add_argument(
+        "--rounds",
+        type=_bounded_int(1, ROUNDS_MAX),
+        default=ROUNDS_DEFAULT,
+        help="the rows take turns this many times, each a share of --duration and --warmup, "
+        "so a drift in the machine's speed reaches them alike (default: %(default)s)",
+    )
+    parser.add_argument(
         "--json",
         type=Path,
         default=None,
@@ -278,6 +287,7 @@ def _run_kv(args: argparse.Namespace) -> int:
             duration_s=args.duration,
             warmup_s=args.warmup,
             seed=args.seed,
+            rounds=args.rounds,
         )
     except ValueError as error:
         return _fail(f"bench kv: {error}", EXIT_USAGE)
@@ -322,8 +332,8 @@ def _add_raft_parser(workloads: argparse._SubParsersAction[argparse.ArgumentPars
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--rounds",
-        type=_bounded_int(1, raft.ROUNDS_MAX),
-        default=raft.ROUNDS_DEFAULT,
+        type=_bounded_int(1, ROUNDS_MAX),
+        default=ROUNDS_DEFAULT,
         help="the rows take turns this many times, each a share of --duration and --warmup, "
         "so a drift in the machine's speed reaches them alike (default: %(default)s)",
     )

@@ -3,7 +3,7 @@ to end through gRPC, next to a bare gRPC echo measured the same way.
 
 What it measures
 ----------------
-Three workloads against the Dynamo-style store (``distlab.kvstore``), one row each, in this order:
+Three workloads against the Dynamo-style store (``distlab.kvstore``), one row each:
 
 * ``put``: a blind put (no context, so no read before it) of a ``--value-bytes`` value to a key
   chosen uniformly out of ``--keys``. The client is answered once W replicas hold the value
@@ -11,10 +11,11 @@ Three workloads against the Dynamo-style store (``distlab.kvstore``), one row ea
   group commit).
 * ``get``: a get of a key chosen the same way, after an untimed preload that wrote every key once,
   so every get finds its key. The client is answered once R replicas replied.
-* ``mixed``: on the preloaded keys, each operation a get with probability ``--read-fraction``, a
-  blind put otherwise.
+* ``mixed``: on keys of its own, preloaded the same way, each operation a get with probability
+  ``--read-fraction``, a blind put otherwise (its own keys, so that its blind puts do not pile
+  siblings onto the keys the ``get`` row reads).
 
-And one reference row, measured first:
+And one reference row:
 
 * ``echo``: a unary call of the standard health service (``grpc.health.v1.Health/Check``) on a
   bare ``grpc.aio`` server started in this process: no interceptors, no storage, no peers. Every
@@ -23,6 +24,11 @@ And one reference row, measured first:
   echo costs the gRPC call alone. The ratio says how much of the cost is the store rather than
   gRPC: a ratio near 1 would mean the store is nearly free next to its transport; a small one
   that the quorum, the fsync or the Python around them dominate.
+
+The rows take turns (``runner.run_interleaved``): echo, put, get, mixed, ``--rounds`` times, each
+turn a ``--rounds``-th of ``--duration`` and ``--warmup``, so that a drift in this machine's speed
+reaches every row alike and the ratios to the echo hold. The preloads run once, before the first
+turn.
 
 Workers are spread over the nodes: one ``KeyValueClient`` per node, shared by the workers assigned
 to it round-robin (a grpc.aio channel multiplexes concurrent calls, so a channel per worker would
@@ -77,11 +83,14 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from distlab.bench import runner
 from distlab.bench.runner import (
+    ROUNDS_DEFAULT,
+    ROUNDS_MAX,
     WARMUP_S_MAX,
     BenchResult,
     BenchSpec,
     Operation,
-    run_benchmark,
+    Row,
+    run_interleaved,
     throughput_ratio,
 )
 from distlab.common import errors, eventloop
@@ -234,6 +243,7 @@ class KvBenchSettings:
     duration_s: float = DURATION_S_DEFAULT
     warmup_s: float = WARMUP_S_DEFAULT
     seed: int = SEED_DEFAULT
+    rounds: int = ROUNDS_DEFAULT
 
     def __post_init__(self) -> None:
         if len(self.targets) > TARGETS_MAX:
@@ -258,6 +268,8 @@ class KvBenchSettings:
             raise ValueError(f"duration must be in (0, {DURATION_S_MAX}] s, not {self.duration_s}")
         if not 0 <= self.warmup_s <= WARMUP_S_MAX:
             raise ValueError(f"warm-up must be in [0, {WARMUP_S_MAX}] s, not {self.warmup_s}")
+        if not 1 <= self.rounds <= ROUNDS_MAX:
+            raise ValueError(f"rounds must be 1..{ROUNDS_MAX}, not {self.rounds}")
 
     @property
     def local(self) -> bool:
@@ -434,18 +446,35 @@ async def _run_rows(
         else:
             await _check_reachable(addresses)
         run_id = secrets.token_hex(4)
-        put_keys = KeySpace(f"bench/{run_id}/put", settings.keys)
-        read_keys = KeySpace(f"bench/{run_id}/read", settings.keys)
+        get_statistics, mixed_statistics = GetStatistics(), GetStatistics()
         rows = [
-            await run_echo(settings, len(clients), progress),
-            await run_put(settings, clients, put_keys, progress),
-            await run_get(settings, clients, read_keys, progress),
-            await run_mixed(settings, clients, read_keys, progress),
+            echo_row(settings, len(clients)),
+            put_row(settings, clients, KeySpace(f"bench/{run_id}/put", settings.keys)),
+            get_row(
+                settings,
+                clients,
+                KeySpace(f"bench/{run_id}/read", settings.keys),
+                get_statistics,
+                progress,
+            ),
+            mixed_row(
+                settings,
+                clients,
+                KeySpace(f"bench/{run_id}/mixed", settings.keys),
+                mixed_statistics,
+                progress,
+            ),
         ]
+        echo, put, get, mixed = await run_interleaved(rows, settings.rounds, progress=progress)
     finally:
         for client in clients:
             await client.close()
-    return rows
+    return [
+        _with_error_note(echo),
+        _with_error_note(put),
+        _with_error_note(replace(get, counters=get_statistics.counters())),
+        _with_error_note(replace(mixed, counters=mixed_statistics.counters())),
+    ]
 
 
 async def _members_seen_by(address: str) -> list[RingMember]:
@@ -503,6 +532,7 @@ def _parameters(settings: KvBenchSettings, **extra: object) -> dict[str, object]
         "value_bytes": settings.value_bytes,
         **extra,
         "seed": settings.seed,
+        "rounds": settings.rounds,
     }
 
 
@@ -567,15 +597,12 @@ class EchoReference:
             await self._server.stop(None)
 
 
-async def run_echo(
-    settings: KvBenchSettings, connections: int, progress: TextIO | None
-) -> BenchResult:
+def echo_row(settings: KvBenchSettings, connections: int) -> Row:
     echo = EchoReference(connections)
-    spec = _spec(settings, ECHO_NAME, {"rpc": "grpc.health.v1.Health/Check"})
-    result = await run_benchmark(
-        spec, echo.make_operation, setup=echo.setup, teardown=echo.teardown, progress=progress
+    spec = _spec(
+        settings, ECHO_NAME, {"rpc": "grpc.health.v1.Health/Check", "rounds": settings.rounds}
     )
-    return _with_error_note(result)
+    return Row(spec, echo.make_operation, echo.setup, echo.teardown)
 
 
 async def _put(client: KeyValueClient, key: bytes, value: bytes) -> None:
@@ -598,12 +625,7 @@ def _value(worker_index: int, value_bytes: int) -> bytes:
     return bytes([worker_index % 256]) * value_bytes
 
 
-async def run_put(
-    settings: KvBenchSettings,
-    clients: Sequence[KeyValueClient],
-    keys: KeySpace,
-    progress: TextIO | None,
-) -> BenchResult:
+def put_row(settings: KvBenchSettings, clients: Sequence[KeyValueClient], keys: KeySpace) -> Row:
     def make_operation(worker_index: int) -> Operation:
         client = clients[worker_index % len(clients)]
         chooser = random.Random(settings.seed + worker_index)
@@ -614,8 +636,7 @@ async def run_put(
 
         return put
 
-    spec = _spec(settings, PUT_NAME, _parameters(settings))
-    return _with_error_note(await run_benchmark(spec, make_operation, progress=progress))
+    return Row(_spec(settings, PUT_NAME, _parameters(settings)), make_operation)
 
 
 async def preload(
@@ -643,7 +664,7 @@ async def preload(
                         f"{error.kind.code}: {error}"
                     ) from error
 
-    _say(progress, f"kv: preloading {keys.count} keys for get and mixed")
+    _say(progress, f"kv: preloading {keys.count} keys ({keys.prefix})")
     async with asyncio.TaskGroup() as group:
         for worker_index in range(min(settings.concurrency, keys.count)):
             group.create_task(load(worker_index))
@@ -655,14 +676,13 @@ async def preload(
     )
 
 
-async def run_get(
+def get_row(
     settings: KvBenchSettings,
     clients: Sequence[KeyValueClient],
     keys: KeySpace,
+    statistics: GetStatistics,
     progress: TextIO | None,
-) -> BenchResult:
-    statistics = GetStatistics()
-
+) -> Row:
     def make_operation(worker_index: int) -> Operation:
         client = clients[worker_index % len(clients)]
         chooser = random.Random(settings.seed + worker_index)
@@ -675,19 +695,17 @@ async def run_get(
     async def setup() -> None:
         await preload(settings, clients, keys, progress)
 
-    spec = _spec(settings, GET_NAME, _parameters(settings))
-    result = await run_benchmark(spec, make_operation, setup=setup, progress=progress)
-    return _with_error_note(replace(result, counters=statistics.counters()))
+    return Row(_spec(settings, GET_NAME, _parameters(settings)), make_operation, setup)
 
 
-async def run_mixed(
+def mixed_row(
     settings: KvBenchSettings,
     clients: Sequence[KeyValueClient],
     keys: KeySpace,
+    statistics: GetStatistics,
     progress: TextIO | None,
-) -> BenchResult:
-    """Gets and blind puts on ``keys``, which ``run_get`` preloaded."""
-    statistics = GetStatistics()
+) -> Row:
+    """Gets and blind puts on ``keys``, preloaded by its setup."""
 
     def make_operation(worker_index: int) -> Operation:
         client = clients[worker_index % len(clients)]
@@ -703,10 +721,11 @@ async def run_mixed(
 
         return get_or_put
 
+    async def setup() -> None:
+        await preload(settings, clients, keys, progress)
+
     parameters = _parameters(settings, read_fraction=settings.read_fraction)
-    spec = _spec(settings, MIXED_NAME, parameters)
-    result = await run_benchmark(spec, make_operation, progress=progress)
-    return _with_error_note(replace(result, counters=statistics.counters()))
+    return Row(_spec(settings, MIXED_NAME, parameters), make_operation, setup)
 
 
 def _with_error_note(result: BenchResult) -> BenchResult:

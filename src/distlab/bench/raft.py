@@ -31,7 +31,15 @@ from pathlib import Path
 from typing import TextIO
 
 from distlab.bench.kv import ECHO_NAME, EchoReference
-from distlab.bench.runner import BenchResult, BenchSpec, Operation, Row, run_interleaved
+from distlab.bench.runner import (
+    ROUNDS_DEFAULT,
+    ROUNDS_MAX,
+    BenchResult,
+    BenchSpec,
+    Operation,
+    Row,
+    run_interleaved,
+)
 from distlab.common import eventloop
 from distlab.common.processes import NodeProcess, start_all
 from distlab.common.wal_file import FsyncPolicy
@@ -43,10 +51,6 @@ NODES_DEFAULT = 3
 KEYS_DEFAULT = 10_000
 VALUE_BYTES_DEFAULT = 100
 CALL_DEADLINE_S = 10.0
-# The rows take turns this many times (``run_interleaved``): this machine's speed drifts by a
-# third over minutes, and rows run one after the other would each catch a different moment.
-ROUNDS_DEFAULT = 3
-ROUNDS_MAX = 100
 LEADER_DEADLINE_S = 30.0
 
 

@@ -407,6 +407,13 @@ class Row:
     teardown: Hook | None = None
 
 
+# run_interleaved's turns per row, for the benchmarks that offer --rounds: this machine's speed
+# drifts by a third over minutes, and rows run one after the other would each catch a different
+# moment.
+ROUNDS_DEFAULT = 3
+ROUNDS_MAX = 100
+
+
 async def run_interleaved(
     rows: Sequence[Row],
     rounds: int,
