@@ -87,7 +87,7 @@ from distlab.raft.core import (
 )
 from distlab.raft.sessions import SESSION_NONE, Outcome, SessionTable
 from distlab.raft.storage import RaftStorage
-from distlab.raft.writer import StorageWriter
+from distlab.raft.writer import StorageFailedError, StorageWriter
 
 logger = logging.getLogger("distlab.raft")
 
@@ -222,6 +222,8 @@ class RaftNode:
         options: RaftNodeOptions,
         state_machine: StateMachine,
         faults: LinkFaults | None = None,
+        *,
+        on_failure: Callable[[], None] | None = None,
     ) -> None:
         self.options = options
         self.state_machine = state_machine
@@ -257,6 +259,9 @@ class RaftNode:
         self._send_queues: dict[str, asyncio.Queue[Message]] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        # Set when the driver fails; ``on_failure`` then asks the server to stop.
+        self.failure: BaseException | None = None
+        self._on_failure = on_failure
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -292,6 +297,8 @@ class RaftNode:
     # ------------------------------------------------------------------ inputs
 
     def _submit(self, action: Callable[[], None]) -> None:
+        if self.failure is not None:
+            raise self._failed_error()
         if len(self._inbox) >= INBOX_MAX:
             raise DistlabError(errors.RESOURCE_EXHAUSTED, "the Raft node's inbox is full")
         self._inbox.append(action)
@@ -388,6 +395,36 @@ class RaftNode:
             self._submit(self.core.tick)
 
     async def _driver(self) -> None:
+        """Run the loop. If it fails (a write the disk refused, or a bug), the core may be
+        halfway through a Ready and cannot go on: every waiting call fails and the node asks
+        its server to stop, as a key-value node does when its WAL fails (chaos matrix row 17);
+        a restart recovers from what the log holds."""
+        try:
+            await self._drive()
+        except Exception as error:
+            self.failure = error
+            log_event(logger, "driver_failed", logging.CRITICAL, error=repr(error))
+            failed = self._failed_error()
+            for pending in self._proposals.values():
+                if not pending.future.done():
+                    pending.future.set_exception(failed)
+            for read in self._reads.values():
+                if not read.done():
+                    read.set_exception(failed)
+            if self._on_failure is not None:
+                self._on_failure()
+            if not isinstance(error, StorageFailedError):
+                raise  # a bug: keep its traceback
+
+    def _failed_error(self) -> DistlabError:
+        kind = errors.STORAGE_FAILED if isinstance(self.failure, StorageFailedError) else None
+        return DistlabError(
+            kind or errors.UNAVAILABLE,
+            f"the Raft node failed ({self.failure!r}) and is stopping; a write in progress may "
+            "still commit",
+        )
+
+    async def _drive(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()

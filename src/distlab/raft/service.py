@@ -147,7 +147,9 @@ class RaftNodeConfig:
 async def run_node(config: RaftNodeConfig, stop: asyncio.Event | None = None) -> None:
     """Recover the log, serve Raft and RaftKeyValue, stop cleanly."""
     faults = LinkFaults()
-    node = RaftNode(config.node, KeyValueRegister(), faults)
+    stop = stop or asyncio.Event()
+    # A node whose driver failed (its disk refused a write) stops rather than serve without it.
+    node = RaftNode(config.node, KeyValueRegister(), faults, on_failure=stop.set)
     # The clock can be skewed, and nothing here reads it: Raft times elections with ticks of
     # the monotonic clock, and serves reads by ReadIndex rather than by clock-based leases.
     fault_injection = FaultInjectionServicer(config.allow_fault_injection, SystemClock(), faults)
