@@ -51,8 +51,9 @@ class StorageWriter:
         self._closing = False
         self._failure: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
-        self.groups_written = 0  # how many fsync groups; ``writes_handed / groups_written`` is
-        self.writes_handed = 0  # the batching the queue achieved
+        # writes_handed / groups_written is the batching the queue achieved: writes per fsync.
+        self.writes_handed = 0
+        self.groups_written = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="storage-writer")
