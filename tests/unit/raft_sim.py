@@ -16,12 +16,13 @@ The fault model
 * **Disks.** A node's Ready is processed by the recipe of ``distlab.raft.core`` (persist, send,
   apply, advance), but a disk may stall for a few ticks; meanwhile the node keeps stepping
   messages and ticking, and its effects queue up unpersisted and unsent.
-* **Asynchronous writes.** Half of the seeds write as ``distlab.raft.node`` does: a leader's
-  Ready (``send_before_persist``) goes to a FIFO disk queue and is ``accept``-ed at once; each
-  write becomes durable one to three ticks later, and its ``persisted`` report reaches the core
-  then or a tick after, so reports arrive late, out of order, or after the node stopped
-  leading. Any other Ready first waits for the whole queue. A crash keeps a random prefix of the
-  queue (what the disk got to) and loses the rest.
+* **Asynchronous writes.** Half of the seeds write as ``distlab.raft.node --async-writes`` does:
+  a leader's Ready (``send_before_persist``) goes to a FIFO disk queue and is ``accept``-ed at
+  once; each write becomes durable 1 to 3, 5 or 9 ticks later (the seed draws which: at times
+  later than a round trip to a follower and back), and its ``persisted`` report reaches the core
+  then or a tick after, so reports arrive late, out of order, or after the node stopped leading.
+  Any other Ready first waits for the whole queue. A crash keeps a random prefix of the queue
+  (what the disk got to) and loses the rest.
 * **Crashes.** A node crashes between steps (losing whatever it had not yet handed over in a
   Ready) or in the middle of a Ready (after persisting, having sent only some of the messages and
   applied nothing); half of its messages still in flight are lost with it. Leaders are crashed
