@@ -1,7 +1,7 @@
 """``distlab bench cache``: a local cache cluster under a zipfian load, next to a bare gRPC echo
 and, when the machine has them, memcached driven from Python (issue 7).
 
-Rows, in order:
+Rows:
 
 * ``echo``: the health service's Check on an in-process grpc.aio server, one channel per cache
   node, as in ``distlab bench kv``: what an empty unary call costs here.
@@ -14,6 +14,11 @@ Rows, in order:
 * ``memcached-get`` and ``memcached-multi-get``: the same loads on a local ``memcached`` through
   pymemcache, one client per worker thread, each reply awaited, when a ``memcached`` binary and
   the pymemcache package are both installed; otherwise the rows are skipped and a note says so.
+
+The echo and the cache's rows take turns (``runner.run_interleaved``), ``rounds`` times, each
+turn a ``rounds``-th of the duration and the warm-up, so that a drift in this machine's speed
+reaches them alike and the ratios to the echo hold. The memcached rows run after them, on threads
+outside the asyncio runner, one after the other: their ratios are the less steady ones.
 
 The cluster: ``nodes`` ``distlab cache node`` processes on loopback with ``capacity_mb`` each,
 loaded with every key, coldest first, before the rows run; where the data outgrows a node's
@@ -41,11 +46,14 @@ from typing import Any, TextIO
 from distlab.bench.histogram import LatencyHistogram
 from distlab.bench.kv import ECHO_NAME, EchoReference
 from distlab.bench.runner import (
+    ROUNDS_DEFAULT,
+    ROUNDS_MAX,
     BenchResult,
     BenchSpec,
     Operation,
+    Row,
     result_of,
-    run_benchmark,
+    run_interleaved,
 )
 from distlab.cache.traces import zipf_trace
 from distlab.common import eventloop
@@ -83,6 +91,7 @@ class CacheBenchSettings:
     warmup_s: float = 1.0
     seed: int = 0
     memcached: bool = True  # run the memcached rows when memcached and pymemcache are here
+    rounds: int = ROUNDS_DEFAULT
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes <= 16:
@@ -91,6 +100,8 @@ class CacheBenchSettings:
             raise ValueError("get_fraction must be in [0, 1]")
         if not 1 <= self.batch_keys <= 1_000:
             raise ValueError("batch_keys must be in [1, 1000]")
+        if not 1 <= self.rounds <= ROUNDS_MAX:
+            raise ValueError(f"rounds must be in [1, {ROUNDS_MAX}]")
 
     def spec(self, name: str, **parameters: object) -> BenchSpec:
         return BenchSpec(
@@ -103,6 +114,7 @@ class CacheBenchSettings:
                 "keys": self.keys,
                 "alpha": self.alpha,
                 "value_bytes": self.value_bytes,
+                "rounds": self.rounds,
                 **parameters,
             },
         )
@@ -166,22 +178,18 @@ async def _rows(
     from distlab.cache.client import CacheClient
 
     echo = EchoReference(len(addresses))
-    rows = [
-        await run_benchmark(
-            settings.spec(ECHO_NAME, rpc="grpc.health.v1.Health/Check"),
-            echo.make_operation,
-            setup=echo.setup,
-            teardown=echo.teardown,
-            progress=progress,
-        )
-    ]
     sequences = _sequences(settings)
     value = b"v" * settings.value_bytes
     async with CacheClient(addresses, deadline_ms=int(CALL_DEADLINE_S * 1000)) as client:
         await _preload(client, settings, value)
-        counts = {"hits": 0, "misses": 0, "keys": 0, "batches": 0}
+        # Per row, over all its turns (warm-ups included: the hit ratio is the cache's).
+        counts_of = {
+            name: {"hits": 0, "misses": 0, "keys": 0, "batches": 0}
+            for name in (GET_NAME, MIXED_NAME, MULTI_GET_NAME)
+        }
 
         def make_get(worker: int) -> Operation:
+            counts = counts_of[GET_NAME]
             keys, position = sequences[worker], [0]
 
             async def get() -> None:
@@ -192,6 +200,7 @@ async def _rows(
             return get
 
         def make_mixed(worker: int) -> Operation:
+            counts = counts_of[MIXED_NAME]
             keys, position = sequences[worker], [0]
             chooser = random.Random(settings.seed * 7919 + worker)
 
@@ -206,6 +215,7 @@ async def _rows(
             return mixed
 
         def make_multi_get(worker: int) -> Operation:
+            counts = counts_of[MULTI_GET_NAME]
             keys, position = sequences[worker], [0]
 
             async def multi_get() -> None:
@@ -220,16 +230,14 @@ async def _rows(
 
             return multi_get
 
-        rows_to_run: list[tuple[str, Callable[[int], Operation], dict[str, object]]] = [
-            (GET_NAME, make_get, {}),
-            (MIXED_NAME, make_mixed, {"get_fraction": settings.get_fraction}),
-            (MULTI_GET_NAME, make_multi_get, {"batch_keys": settings.batch_keys}),
+        rows = [
+            echo.row(settings.spec(ECHO_NAME, rpc=EchoReference.RPC)),
+            Row(settings.spec(GET_NAME), make_get),
+            Row(settings.spec(MIXED_NAME, get_fraction=settings.get_fraction), make_mixed),
+            Row(settings.spec(MULTI_GET_NAME, batch_keys=settings.batch_keys), make_multi_get),
         ]
-        for name, make, extra in rows_to_run:
-            counts.update(hits=0, misses=0, keys=0, batches=0)
-            result = await run_benchmark(settings.spec(name, **extra), make, progress=progress)
-            rows.append(_with_counters(result, counts))
-    return rows
+        echo_result, *measured = await run_interleaved(rows, settings.rounds, progress=progress)
+    return [echo_result, *(_with_counters(result, counts_of[result.name]) for result in measured)]
 
 
 async def _preload(client: Any, settings: CacheBenchSettings, value: bytes) -> None:
@@ -245,8 +253,8 @@ async def _preload(client: Any, settings: CacheBenchSettings, value: bytes) -> N
 
 
 def _with_counters(result: BenchResult, counts: dict[str, int]) -> BenchResult:
-    """Hits and misses counted over the whole row (warm-up included: the hit ratio is the
-    cache's, not the window's), and keys/s for a batched row."""
+    """Hits and misses counted over the whole row, all its turns (warm-ups included: the hit
+    ratio is the cache's, not the window's), and keys/s for a batched row."""
     counters: dict[str, int | float] = {}
     if counts["batches"]:
         keys_per_batch = counts["keys"] / counts["batches"]

@@ -246,13 +246,7 @@ def _add_kv_parser(workloads: argparse._SubParsersAction[argparse.ArgumentParser
         help="seed of the key choices; worker i uses random.Random(seed + i) "
         "(default: %(default)s)",
     )
-    parser.add_argument(
-        "--rounds",
-        type=_bounded_int(1, ROUNDS_MAX),
-        default=ROUNDS_DEFAULT,
-        help="the rows take turns this many times, each a share of --duration and --warmup, "
-        "so a drift in the machine's speed reaches them alike (default: %(default)s)",
-    )
+    _add_rounds_argument(parser)
     parser.add_argument(
         "--json",
         type=Path,
@@ -330,13 +324,7 @@ def _add_raft_parser(workloads: argparse._SubParsersAction[argparse.ArgumentPars
         "--warmup", type=_seconds(0.0, WARMUP_S_MAX, zero_allowed=True), default=1.0
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--rounds",
-        type=_bounded_int(1, ROUNDS_MAX),
-        default=ROUNDS_DEFAULT,
-        help="the rows take turns this many times, each a share of --duration and --warmup, "
-        "so a drift in the machine's speed reaches them alike (default: %(default)s)",
-    )
+    _add_rounds_argument(parser)
     parser.add_argument(
         "--async-writes",
         action="store_true",
@@ -379,8 +367,19 @@ def _add_cache_parser(workloads: argparse._SubParsersAction[argparse.ArgumentPar
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-memcached", action="store_true", help="skip the memcached rows")
+    _add_rounds_argument(parser)
     parser.add_argument("--json", type=Path, default=None, help="where to save the results")
     parser.set_defaults(func=_run_cache)
+
+
+def _add_rounds_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--rounds",
+        type=_bounded_int(1, ROUNDS_MAX),
+        default=ROUNDS_DEFAULT,
+        help="the rows take turns this many times, each a share of --duration and --warmup, "
+        "so a drift in the machine's speed reaches them alike (default: %(default)s)",
+    )
 
 
 def _run_cache(args: argparse.Namespace) -> int:
@@ -401,6 +400,7 @@ def _run_cache(args: argparse.Namespace) -> int:
             warmup_s=args.warmup,
             seed=args.seed,
             memcached=not args.no_memcached,
+            rounds=args.rounds,
         )
     except ValueError as error:
         return _fail(f"bench cache: {error}", EXIT_USAGE)

@@ -550,6 +550,8 @@ class EchoReference:
     """A bare grpc.aio server with the standard health service on 127.0.0.1, started in
     ``setup`` on this event loop, and ``connections`` channels to it, one per key-value node."""
 
+    RPC = "grpc.health.v1.Health/Check"  # what a row's parameters name as the echo's call
+
     def __init__(self, connections: int) -> None:
         self._connections = connections
         self._server: grpc.aio.Server | None = None
@@ -557,6 +559,10 @@ class EchoReference:
         # grpc_health ships no type hints (see the mypy overrides in pyproject.toml).
         self._stubs: list[Any] = []
         self._request: Any = None
+
+    def row(self, spec: BenchSpec) -> Row:
+        """The echo as a row of ``run_interleaved``: started by its setup, stopped after."""
+        return Row(spec, self.make_operation, self.setup, self.teardown)
 
     async def setup(self) -> None:
         import grpc.aio
@@ -599,10 +605,7 @@ class EchoReference:
 
 def echo_row(settings: KvBenchSettings, connections: int) -> Row:
     echo = EchoReference(connections)
-    spec = _spec(
-        settings, ECHO_NAME, {"rpc": "grpc.health.v1.Health/Check", "rounds": settings.rounds}
-    )
-    return Row(spec, echo.make_operation, echo.setup, echo.teardown)
+    return echo.row(_spec(settings, ECHO_NAME, {"rpc": echo.RPC, "rounds": settings.rounds}))
 
 
 async def _put(client: KeyValueClient, key: bytes, value: bytes) -> None:

@@ -186,12 +186,7 @@ async def _rows(
 
         return await run_interleaved(
             [
-                Row(
-                    settings.spec(ECHO_NAME, rpc="grpc.health.v1.Health/Check"),
-                    echo.make_operation,
-                    echo.setup,
-                    echo.teardown,
-                ),
+                echo.row(settings.spec(ECHO_NAME, rpc=EchoReference.RPC)),
                 Row(settings.spec(PUT_NAME), make_put),
                 Row(settings.spec(GET_NAME), make_get),
             ],
