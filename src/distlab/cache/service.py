@@ -63,6 +63,10 @@ CAPACITY_BYTES_DEFAULT = 64 * 1024 * 1024  # memcached's default -m 64
 # streams after a minute, under a two-minute deadline), short enough that a stream opened with
 # no deadline cannot hold its concurrency slot forever.
 MULTI_GET_STREAM_S_MAX = 600.0
+# At shutdown, how long a stream's reply already being written may take to finish before the
+# stream is ended anyway. Only a client that stopped reading holds a write up that long, and its
+# call then ends only when the shutdown grace does.
+STREAM_WRITE_FINISH_S = 1.0
 # What a result's framing adds to its items' keys and values, at most, in a batch reply: the
 # tags and lengths of CacheItem's three fields and of the item itself (22 bytes), and of the
 # result and its id (17 bytes). Upper bounds, so a reply cut by them never exceeds the cap.
@@ -185,7 +189,8 @@ class CacheServicer(cache_pb2_grpc.CacheServicer):
         call: cancelling it leaves the call open until the shutdown grace runs out."""
         if self._closing.is_set():
             raise DistlabError(UNAVAILABLE, "this node is stopping")
-        answering = asyncio.create_task(self._answer_stream(requests, context))
+        ending, writing = asyncio.Event(), asyncio.Event()
+        answering = asyncio.create_task(self._answer_stream(requests, context, ending, writing))
         closing = asyncio.create_task(self._closing.wait())
         try:
             await asyncio.wait(
@@ -193,10 +198,18 @@ class CacheServicer(cache_pb2_grpc.CacheServicer):
                 timeout=MULTI_GET_STREAM_S_MAX,
                 return_when=asyncio.FIRST_COMPLETED,
             )
+            answered = answering.done()  # before anything asked it to end: the client ended it
+            ending.set()
+            if writing.is_set():
+                # A write cancelled halfway stays in flight in gRPC's core, and the status sent
+                # next then fails (TOO_MANY_OPERATIONS): the call never ends and a stop waits
+                # out its grace. The answering task starts no write once the stream is ending,
+                # so this waits for one at most.
+                await asyncio.wait({answering}, timeout=STREAM_WRITE_FINISH_S)
         finally:
             closing.cancel()
             answering.cancel()
-        if answering.done() and not answering.cancelled():
+        if answered:
             answering.result()  # raises what a batch was refused for
             return
         if self._closing.is_set():
@@ -206,11 +219,21 @@ class CacheServicer(cache_pb2_grpc.CacheServicer):
         )
 
     async def _answer_stream(
-        self, requests: AsyncIterator[cache_pb2.CacheMultiGetBatch], context: Context
+        self,
+        requests: AsyncIterator[cache_pb2.CacheMultiGetBatch],
+        context: Context,
+        ending: asyncio.Event,
+        writing: asyncio.Event,
     ) -> None:
         async for batch in requests:
             for reply in self._answer_batch(batch):
-                await context.write(reply)
+                if ending.is_set():
+                    return
+                writing.set()
+                try:
+                    await context.write(reply)
+                finally:
+                    writing.clear()
 
     def _answer_batch(
         self, batch: cache_pb2.CacheMultiGetBatch
