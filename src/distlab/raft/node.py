@@ -456,7 +456,8 @@ class RaftNode:
         elif ready.must_sync:  # step 2; the writer's queue is in order, so this waits for all
             await self.writer.save(ready.hard_state, ready.entries, ready.snapshot, sync=True)
         else:
-            await self.writer.flushed()  # what its messages may promise
+            if not self.writer.idle():
+                await self.writer.flushed()  # what its messages may promise
             if writes:
                 # Only the commit index: a write to the page cache, too short to hand to a
                 # thread. The writer is idle now, so writing here keeps the order.
