@@ -39,7 +39,8 @@ own copy count toward commitment. That pays when the leader would otherwise sit 
 disk. It is off by default because on a machine whose CPU, not its disk, is the limit it does
 worse: the leader no longer pauses for its fsync, so it takes many small Readies instead of a few
 large ones. ``distlab bench raft`` on this 2-core machine (3 nodes, 64 clients, fsync always):
-puts at 0.57-0.67x the echo waiting, 0.35-0.48x with ``--async-writes``.
+puts at 0.49-0.67x the echo waiting (mean 0.57 over 20 runs), 0.35-0.48x with
+``--async-writes``.
 
 A proposal is answered when its entry is applied: definitely failed when another entry took its
 index (it was never committed and never will be), indefinitely (DEADLINE_EXCEEDED) if it is
